@@ -1,0 +1,30 @@
+"""spon: activation sparsity for Hugging Face causal LMs, with spontaneous neurons (SPON) to win back accuracy.
+
+    import spon
+    lm = spon.load_model("smollm2")
+    spon.sparsify_(lm.model, spon.SparsityConfig(sparsity=0.5))
+    spon.calibrate_(lm.model, calibration_batches, config)
+    spon.train_spon_(lm.model, train_ids, val_ids, spon.TrainConfig())
+    spon.fold_(lm.model)
+"""
+
+from .artifact import load_artifact, read_artifact, save_artifact
+from .calibrate import calibrate_
+from .config import SparsityConfig, TrainConfig
+from .data import TextSplits, load_splits, tokenize
+from .errors import SponError
+from .evaluate import EvalProtocol, evaluate_variants, gap_recovered, perplexity
+from .fold import fold_
+from .models import LoadedModel, load_model
+from .sparse_linear import SparseLinear
+from .sparsify import dense, measure_sparsity, sparse_modules, sparsify_, unsparsify_, without_spon
+from .train import TrainResult, train_spon_
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SparsityConfig", "TrainConfig", "EvalProtocol", "SparseLinear", "SponError", "LoadedModel", "TextSplits",
+    "TrainResult", "load_model", "load_splits", "tokenize", "sparsify_", "unsparsify_", "calibrate_", "train_spon_",
+    "fold_", "dense", "without_spon", "measure_sparsity", "sparse_modules", "save_artifact", "load_artifact",
+    "read_artifact", "perplexity", "evaluate_variants", "gap_recovered",
+]

@@ -1,0 +1,150 @@
+"""Save and load only the delta: thresholds, spontaneous vectors (or folded biases), keyed by module name.
+
+An artifact is a folder with `spon_config.json` (versioned, with the base model's identity and shapes,
+the sparsity config, the calibration and training description, and a checksum) and
+`spon_vectors.safetensors`. Loading checks that the artifact fits the model and says what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .atomic import atomic_file, ensure_writable_dir
+from .config import SparsityConfig
+from .errors import SponError
+from .sparsify import sparse_modules, sparsify_, target_linears
+
+__all__ = ["save_artifact", "load_artifact", "read_artifact", "is_artifact", "FORMAT_VERSION", "CONFIG_NAME", "TENSORS_NAME"]
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "spon_config.json"
+TENSORS_NAME = "spon_vectors.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_artifact(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
+def save_artifact(model: nn.Module, path: str | Path, identity: dict, **info) -> Path:
+    """Write the thresholds and vectors of a sparsified model to the folder `path`.
+
+    `info` goes into the JSON as is (calibration data, training result, metrics...).
+    """
+    mods = sparse_modules(model)
+    if not mods:
+        raise SponError("the model is not sparsified; nothing to save")
+    path = ensure_writable_dir(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in mods.items():
+        tensors[f"{name}.threshold"] = m.threshold.detach().float().reshape(1).cpu()
+        if m.folded:
+            tensors[f"{name}.folded_bias"] = m.folded_bias.detach().cpu().contiguous()
+        else:
+            tensors[f"{name}.alpha"] = m.alpha.detach().float().cpu().contiguous()
+    folded = any(m.folded for m in mods.values())
+    has_alpha = folded or any(bool(m.alpha.any()) for m in mods.values())
+    with atomic_file(path / TENSORS_NAME) as tmp:
+        save_file(tensors, str(tmp))
+        checksum = _sha256(tmp)
+    config = getattr(model, "spon_config", None) or SparsityConfig()
+    meta = {
+        "format": "spon",
+        "version": FORMAT_VERSION,
+        "base_model": identity,
+        "modules": {name: [m.out_features, m.in_features] for name, m in mods.items()},
+        "sparsity": config.to_dict(),
+        "tokens": config.describe_tokens(),
+        "folded": folded,
+        "has_spon": has_alpha,
+        "checksum_sha256": checksum,
+        **info,
+    }
+    with atomic_file(path / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def read_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON and tensors of an artifact folder, after format, version and checksum checks."""
+    path = Path(path)
+    cfg, ten = path / CONFIG_NAME, path / TENSORS_NAME
+    if not cfg.is_file():
+        raise SponError(f"{path} is not a spon artifact (no {CONFIG_NAME}); make one with `spon calibrate` or `spon train`")
+    try:
+        meta = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SponError(f"cannot read {cfg}: {e}; the artifact is damaged, recreate it") from None
+    if meta.get("format") != "spon":
+        raise SponError(f"{cfg} is not a spon artifact config")
+    if int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise SponError(
+            f"{path} has artifact format version {meta['version']}, newer than this spon ({FORMAT_VERSION}); upgrade spon"
+        )
+    if not ten.is_file():
+        raise SponError(f"{path} lacks {TENSORS_NAME}; the artifact is incomplete, recreate it")
+    if meta.get("checksum_sha256") and _sha256(ten) != meta["checksum_sha256"]:
+        raise SponError(f"{ten} does not match the checksum in {CONFIG_NAME}; the file is corrupt, recreate the artifact")
+    try:
+        tensors = load_file(str(ten))
+    except (SafetensorError, OSError) as e:
+        raise SponError(f"cannot read {ten} ({e}); the file is corrupt, recreate the artifact") from None
+    return meta, tensors
+
+
+def _check_fits(meta: dict, model: nn.Module, config: SparsityConfig, path: Path) -> None:
+    have = {n: [m.out_features, m.in_features] for n, m in (sparse_modules(model) or target_linears(model, config)).items()}
+    want = meta["modules"]
+    base = meta.get("base_model", {})
+    made_for = f"{base.get('name', '?')} ({base.get('architecture', '?')})"
+    for name, shape in want.items():
+        if name not in have:
+            raise SponError(
+                f"artifact {path} does not fit this model: it was made for {made_for} and has module {name}, "
+                f"which this model lacks; use the artifact made for this model"
+            )
+        if list(have[name]) != list(shape):
+            raise SponError(
+                f"artifact {path} does not fit this model: module {name} is {shape[0]}x{shape[1]} (out x in) in the "
+                f"artifact (made for {made_for}) but {have[name][0]}x{have[name][1]} in this model"
+            )
+    extra = [n for n in have if n not in want]
+    if extra:
+        raise SponError(
+            f"artifact {path} does not fit this model: the model has {len(extra)} sparsifiable linears the artifact "
+            f"lacks (first: {extra[0]}); it was made for {made_for}"
+        )
+
+
+@torch.no_grad()
+def load_artifact(model: nn.Module, path: str | Path) -> dict:
+    """Sparsify `model` as the artifact says and load its thresholds and vectors; returns the artifact's JSON."""
+    path = Path(path)
+    meta, tensors = read_artifact(path)
+    config = SparsityConfig.from_dict(meta["sparsity"])
+    _check_fits(meta, model, config, path)
+    mods = sparsify_(model, config)
+    for name, m in mods.items():
+        m.threshold.fill_(float(tensors[f"{name}.threshold"][0]))
+        if f"{name}.folded_bias" in tensors:
+            m.folded_bias = tensors[f"{name}.folded_bias"].to(m.weight.device, m.weight.dtype)
+            m.alpha.zero_()
+        else:
+            m.folded_bias = None
+            m.alpha.copy_(tensors[f"{name}.alpha"])
+    model.spon_config = config
+    return meta

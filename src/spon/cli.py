@@ -1,0 +1,186 @@
+"""`spon` command line: each subcommand parses into a config and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import pipeline
+from .artifact import save_artifact
+from .atomic import ensure_writable_dir
+from .config import SparsityConfig, TrainConfig, check_sparsity
+from .data import load_splits
+from .errors import SponError
+from .evaluate import EvalProtocol
+from .models import DEFAULT_MODEL, EMBEDDED_MODELS
+
+__all__ = ["main", "build_parser"]
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 1), got {text!r}") from None
+    try:
+        return check_sparsity(value)
+    except SponError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder, .gguf file, hub id, or {', '.join(EMBEDDED_MODELS)} (default {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    if data:
+        p.add_argument("--data", default="pydoc", help="text: pydoc (embedded), wikitext2, c4, or a local file/folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _sparsity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sparsity", type=_sparsity, default=0.5, help="target fraction of inputs zeroed per layer (default 0.5)")
+    p.add_argument("--tokens", default="all", choices=["all", "decode", "last"], help="which tokens are sparsified (default all)")
+    p.add_argument("--last-fraction", type=float, default=0.5, help="with --tokens last: fraction of each sequence (default 0.5)")
+    p.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens for thresholds (default 8192)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    d = EvalProtocol()
+    p.add_argument("--ctx-len", type=int, default=d.ctx_len, help=f"evaluation window (default {d.ctx_len})")
+    p.add_argument("--stride", type=int, default=None, help="window stride (default: the context length)")
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N tokens only")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes print one line naming the problem, then exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"spon: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="spon", description="Activation sparsity + spontaneous neurons for Hugging Face causal LMs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="the main job: calibrate 50%% sparsity, train SPON, evaluate, generate, write a report")
+    _common(p); _sparsity_args(p); _train_args(p); _eval_args(p)
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+
+    p = sub.add_parser("calibrate", help="calibrate thresholds and write an artifact")
+    _common(p); _sparsity_args(p)
+    p.add_argument("--out", required=True, help="artifact folder to write")
+
+    p = sub.add_parser("train", help="train SPON vectors (calibrating first unless --artifact is given)")
+    _common(p); _sparsity_args(p); _train_args(p)
+    p.add_argument("--artifact", help="start from this calibrated artifact")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+
+    p = sub.add_parser("eval", help="perplexity of dense, sparse and sparse+SPON on the held-out split")
+    _common(p); _eval_args(p)
+    p.add_argument("--artifact", help="artifact folder (not needed for an exported model folder)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("export", help="write a folded model folder that `spon` loads and runs sparse")
+    _common(p, data=False)
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--out", required=True, help="model folder to write")
+
+    p = sub.add_parser("generate", help="greedy generation with the sparse (+SPON) model, or --dense")
+    _common(p, data=False)
+    p.add_argument("--artifact", help="artifact folder (not needed for an exported model folder)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--dense", action="store_true", help="generate with the dense model")
+    return parser
+
+
+def _sparsity_config(a) -> SparsityConfig:
+    return SparsityConfig(sparsity=a.sparsity, tokens=a.tokens, last_fraction=a.last_fraction)
+
+
+def _train_config(a) -> TrainConfig:
+    return TrainConfig(lr=a.lr, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, seed=a.seed)
+
+
+def _protocol(a) -> EvalProtocol:
+    return EvalProtocol(ctx_len=a.ctx_len, stride=a.stride or a.ctx_len, max_tokens=a.max_tokens)
+
+
+def run(a) -> int:
+    progress = not a.quiet
+    if a.command == "demo":
+        cfg = pipeline.DemoConfig(
+            model=a.model, out=a.out, data=a.data, dtype=a.dtype, sparsity=_sparsity_config(a), train=_train_config(a),
+            protocol=_protocol(a), calib_tokens=a.calib_tokens,
+        )
+        report = pipeline.run_demo(cfg, progress=progress)
+        print(open(f"{a.out}/report.md").read())
+        return 0 if report else 1
+    if a.command in ("calibrate", "train"):
+        ensure_writable_dir(a.out)
+        splits = load_splits(a.data)
+        lm, meta = pipeline.open_model(a.model, a.dtype, getattr(a, "artifact", None))
+        info = {"calibration": meta["calibration"]} if meta and "calibration" in meta else {}
+        if not meta:
+            info["calibration"] = pipeline.calibrate_model(
+                lm, splits, _sparsity_config(a), calib_tokens=a.calib_tokens, progress=progress
+            )
+        if a.command == "train":
+            info["training"] = pipeline.train_model(lm, splits, _train_config(a), progress=progress)
+        save_artifact(lm.model, a.out, lm.identity, **info)
+        print(f"spon: wrote {a.out}")
+        return 0
+    if a.command == "eval":
+        lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact)
+        if meta is None:
+            raise SponError("nothing to evaluate: pass --artifact (from `spon calibrate`/`spon train`) or an exported model folder")
+        res = pipeline.evaluate_model(lm, load_splits(a.data), _protocol(a), progress=progress)
+        if a.json:
+            print(json.dumps(res, default=str))
+        else:
+            print(f"dense {res['ppl_dense']:.3f}  sparse {res['ppl_sparse']:.3f}" + (
+                f"  sparse+SPON {res['ppl_spon']:.3f}  gap recovered {res['gap_recovered']:.1%}" if "ppl_spon" in res else ""
+            ) + f"  (sparsity {res['sparsity_measured']:.1%}, {res['tokens']} tokens, {res['tokens_sparsified']})")
+        return 0
+    if a.command == "export":
+        path = pipeline.export_model(a.model, a.artifact, a.out, a.dtype)
+        print(f"spon: wrote {path}; run it with `spon generate --model {path} --prompt ...`")
+        return 0
+    if a.command == "generate":
+        from .sparsify import dense
+
+        lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact)
+        if meta is None and not a.dense:
+            raise SponError("no sparsity to apply: pass --artifact, an exported model folder, or --dense")
+        if a.dense:
+            with dense(lm.model):
+                print(pipeline.generate_text(lm.model, lm.tokenizer, a.prompt, a.max_new_tokens))
+        else:
+            print(pipeline.generate_text(lm.model, lm.tokenizer, a.prompt, a.max_new_tokens))
+        return 0
+    raise SponError(f"unknown command {a.command!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except SponError as e:
+        print(f"spon: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spon: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

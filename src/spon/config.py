@@ -1,0 +1,94 @@
+"""User-facing configuration: what to sparsify and how to train the spontaneous neurons."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from .errors import SponError
+
+__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES"]
+
+TOKEN_MODES = ("all", "decode", "last")
+
+
+@dataclass
+class SparsityConfig:
+    """Which linears are sparsified, how much, and on which tokens."""
+
+    sparsity: float = 0.5  # target fraction of each layer's input entries zeroed (the paper's main setting)
+    tokens: str = "all"  # "all" tokens, "decode" (single-token steps only) or the "last" fraction of each sequence
+    last_fraction: float = 0.5  # with tokens="last": TEAL's evaluation sparsifies the last half
+    include: str = r"\.\d+\."  # linears inside a numbered block list (decoder layers); never lm_head or embeddings
+    exclude: str = r"(^|\.)(lm_head|embed\w*|router)$"  # never the output head, embeddings or MoE routers
+    overrides: dict[str, float] = field(default_factory=dict)  # regex on module name -> sparsity, first match wins
+
+    def __post_init__(self):
+        check_sparsity(self.sparsity, "sparsity")
+        for pattern, value in self.overrides.items():
+            check_sparsity(value, f"override {pattern!r}")
+            _compile(pattern)
+        if self.tokens not in TOKEN_MODES:
+            raise SponError(f"unknown tokens mode {self.tokens!r}; use one of {', '.join(TOKEN_MODES)}")
+        if not 0.0 < self.last_fraction <= 1.0:
+            raise SponError(f"last_fraction must be in (0, 1], got {self.last_fraction}")
+        _compile(self.include)
+        _compile(self.exclude)
+
+    def sparsity_for(self, name: str) -> float:
+        for pattern, value in self.overrides.items():
+            if re.search(pattern, name):
+                return value
+        return self.sparsity
+
+    def describe_tokens(self) -> str:
+        if self.tokens == "last":
+            return f"last {self.last_fraction:.0%} of each sequence (and every single-token decode step)"
+        return {"all": "all tokens", "decode": "decode steps only (prefill stays dense)"}[self.tokens]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SparsityConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainConfig:
+    """Distillation of the spontaneous vectors from the dense model (only the alphas learn)."""
+
+    lr: float = 3e-4  # Adam; on SmolLM2-135M 1e-2 diverged and 1e-3 overshot (see README)
+    steps: int = 60  # optimiser steps; keep-best on validation KL guards against overshooting
+    batch_size: int = 4  # sequences per step
+    seq_len: int = 256  # tokens per sequence
+    warmup: int = 5  # linear learning-rate warm-up steps, then cosine decay to lr/10
+    grad_clip: float = 1.0  # max global grad norm of the alphas
+    eval_every: int = 10  # validation KL every this many steps (and at steps 0 and last)
+    val_sequences: int = 4  # validation sequences of seq_len tokens, held out from training
+    seed: int = 0  # data order and sampling
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise SponError(f"learning rate must be positive, got {self.lr}")
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):
+            if getattr(self, name) < 1:
+                raise SponError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_sparsity(value: float, what: str = "sparsity") -> float:
+    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+        raise SponError(f"{what} must be in [0, 1), got {value}; e.g. --sparsity 0.5 zeroes half of each input")
+    return float(value)
+
+
+def _compile(pattern: str):
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise SponError(f"invalid regular expression {pattern!r}: {e}") from None

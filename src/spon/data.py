@@ -1,0 +1,144 @@
+"""Text for calibration, validation and evaluation: local files, Hugging Face datasets, or CPython's own docs."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import SponError
+
+__all__ = ["TextSplits", "load_splits", "tokenize", "sequences", "EMBEDDED", "HUB_DATASETS"]
+
+EMBEDDED = "pydoc"  # CPython's documentation topics (pydoc_data.topics): on every machine with Python
+HUB_DATASETS = ("wikitext2", "c4")
+BLOCK_CHARS = 1500  # paragraphs are grouped into blocks of about this size before the split
+SPLIT_BUCKETS = 20  # a block's sha256 bucket: 0-1 evaluation, 2-3 validation, 4-19 calibration (10/10/80%)
+
+
+@dataclass
+class TextSplits:
+    """Three disjoint texts and where they came from."""
+
+    calibration: str
+    validation: str
+    evaluation: str
+    source: dict = field(default_factory=dict)
+
+
+def _blocks(doc_key: str, text: str) -> list[tuple[str, str]]:
+    paras = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
+    blocks, cur = [], []
+    for p in paras:
+        cur.append(p)
+        if sum(len(c) for c in cur) >= BLOCK_CHARS:
+            blocks.append("\n\n".join(cur))
+            cur = []
+    if cur:
+        blocks.append("\n\n".join(cur))
+    return [(f"{doc_key}#{i}", b) for i, b in enumerate(blocks)]
+
+
+def split_documents(docs: dict[str, str]) -> tuple[str, str, str]:
+    """Deterministic split of documents into calibration / validation / evaluation text (80/10/10 by block)."""
+    parts: tuple[list[str], list[str], list[str]] = ([], [], [])
+    for key in sorted(docs):
+        for bkey, block in _blocks(key, docs[key]):
+            bucket = int(hashlib.sha256(bkey.encode()).hexdigest(), 16) % SPLIT_BUCKETS
+            parts[0 if bucket >= 4 else (1 if bucket >= 2 else 2)].append(block)
+    return tuple("\n\n".join(p) for p in parts)  # type: ignore[return-value]
+
+
+def _pydoc_docs() -> dict[str, str]:
+    from pydoc_data.topics import topics
+
+    return dict(topics)
+
+
+def _local_docs(path: Path) -> dict[str, str]:
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".txt", ".md", ".rst", ""})
+    docs = {}
+    for f in files:
+        try:
+            docs[str(f.relative_to(path) if path.is_dir() else f.name)] = f.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise SponError(f"cannot read text file {f} ({e.strerror})") from None
+    if not any(t.strip() for t in docs.values()):
+        raise SponError(f"no text found in {path}; give a .txt/.md file or a folder of them")
+    return docs
+
+
+def _hub_splits(name: str) -> tuple[str, str, str]:
+    try:
+        import datasets
+    except ImportError:
+        raise SponError(
+            f"--data {name} needs the 'datasets' package (pip install datasets) and a dataset hub; "
+            f"offline, use --data {EMBEDDED} or --data PATH/TO/TEXT"
+        ) from None
+    try:
+        if name == "wikitext2":
+            ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
+            return tuple("\n\n".join(ds[s]["text"]) for s in ("train", "validation", "test"))  # type: ignore[return-value]
+        files = {
+            "train": "en/c4-train.00000-of-01024.json.gz",
+            "validation": "en/c4-validation.00000-of-00008.json.gz",
+        }
+        ds = datasets.load_dataset("allenai/c4", data_files=files)
+        train, val = ds["train"]["text"][:20000], ds["validation"]["text"]
+        return "\n\n".join(train), "\n\n".join(val[:1000]), "\n\n".join(val[1000:3000])
+    except Exception as e:  # network, hub or cache errors all mean the same thing to the user
+        raise SponError(
+            f"cannot load dataset {name!r} from the hub ({type(e).__name__}); offline, use --data {EMBEDDED} "
+            "or --data PATH/TO/TEXT"
+        ) from None
+
+
+def load_splits(spec: str = EMBEDDED) -> TextSplits:
+    """Text splits from `spec`: "pydoc" (embedded), "wikitext2" or "c4" (hub), or a local file/folder path."""
+    if spec == EMBEDDED:
+        cal, val, ev = split_documents(_pydoc_docs())
+        source = {"name": "pydoc", "description": "CPython documentation topics (pydoc_data.topics), 80/10/10 split by block"}
+    elif spec in HUB_DATASETS:
+        cal, val, ev = _hub_splits(spec)
+        source = {"name": spec, "description": f"Hugging Face dataset {spec}, standard splits"}
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise SponError(
+                f"text source {spec!r} is not a file, a folder, or one of {EMBEDDED}, {', '.join(HUB_DATASETS)}"
+            )
+        cal, val, ev = split_documents(_local_docs(path))
+        source = {"name": str(path), "description": f"local text {path}, 80/10/10 split by block"}
+    import sys
+
+    source["python"] = sys.version.split()[0]
+    return TextSplits(cal, val, ev, source)
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """The token ids of `text` as a 1-D LongTensor, without special tokens (windows add BOS themselves)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)  # silence "sequence longer than model max length"
+    try:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    finally:
+        hf_logging.set_verbosity(level)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def sequences(ids: torch.Tensor, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
+    """Non-overlapping [N, seq_len] sequences from a 1-D token stream (the remainder is dropped)."""
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n = ids.numel() // seq_len
+    return ids[: n * seq_len].view(n, seq_len)

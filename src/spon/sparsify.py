@@ -1,0 +1,123 @@
+"""The in-place transform `sparsify_` and the switches around it (`dense`, `measure_sparsity`)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+from torch import nn
+
+from .config import SparsityConfig
+from .errors import SponError
+from .sparse_linear import SparseLinear
+
+__all__ = ["sparsify_", "unsparsify_", "target_linears", "sparse_modules", "dense", "without_spon", "measure_sparsity"]
+
+
+def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Linear]:
+    """The `nn.Linear` modules that `config` selects, by qualified name (decoder-block linears by default)."""
+    include, exclude = re.compile(config.include), re.compile(config.exclude)
+    return {
+        name: mod
+        for name, mod in model.named_modules()
+        if type(mod) is nn.Linear and include.search(name) and not exclude.search(name)
+    }
+
+
+def sparse_modules(model: nn.Module) -> dict[str, SparseLinear]:
+    """Every `SparseLinear` of a sparsified model, by qualified name."""
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, SparseLinear)}
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def sparsify_(model: nn.Module, config: SparsityConfig | None = None) -> dict[str, SparseLinear]:
+    """Swap the selected linears of `model` for `SparseLinear` wrappers, in place.
+
+    Thresholds start at -1 (nothing dropped) until `calibrate_` sets them. Returns the new modules by name.
+    Calling it again on a sparsified model only updates the token mode.
+    """
+    config = config or SparsityConfig()
+    existing = sparse_modules(model)
+    if existing:
+        for mod in existing.values():
+            mod.tokens, mod.last_fraction = config.tokens, config.last_fraction
+        return existing
+    targets = target_linears(model, config)
+    if not targets:
+        raise SponError(
+            f"no nn.Linear inside the decoder blocks of {type(model).__name__} matched include={config.include!r}; "
+            "this model has no sparsifiable linears (pass an --include pattern that names them)"
+        )
+    for name, lin in targets.items():
+        _set_submodule(model, name, SparseLinear.from_linear(lin, config.tokens, config.last_fraction))
+    model.spon_config = config
+    return sparse_modules(model)
+
+
+def unsparsify_(model: nn.Module) -> nn.Module:
+    """Put plain `nn.Linear` modules back (dropping thresholds, alphas and folded biases)."""
+    for name, mod in sparse_modules(model).items():
+        _set_submodule(model, name, mod.to_linear())
+    if hasattr(model, "spon_config"):
+        del model.spon_config
+    return model
+
+
+@contextlib.contextmanager
+def dense(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside this block the model computes exactly as the dense original (no sparsity, no SPON)."""
+    mods = list(sparse_modules(model).values())
+    before = [m.sparse for m in mods]
+    for m in mods:
+        m.sparse = False
+    try:
+        yield model
+    finally:
+        for m, b in zip(mods, before):
+            m.sparse = b
+
+
+@contextlib.contextmanager
+def measure_sparsity(model: nn.Module) -> Iterator[dict]:
+    """Count zeroed input entries while the block runs; the dict is filled on exit.
+
+    `weighted` is the fraction of weight columns skipped (each layer's zeros weighted by its out_features),
+    the quantity that sets the ideal decode speed-up; `entries` is the plain fraction of zeroed entries.
+    """
+    mods = sparse_modules(model)
+    for m in mods.values():
+        m.stats = [0.0, 0.0]
+    result: dict = {}
+    try:
+        yield result
+    finally:
+        zeros = sum(m.stats[0] for m in mods.values())
+        total = sum(m.stats[1] for m in mods.values())
+        wz = sum(m.stats[0] * m.out_features for m in mods.values())
+        wt = sum(m.stats[1] * m.out_features for m in mods.values())
+        result["entries"] = zeros / total if total else 0.0
+        result["weighted"] = wz / wt if wt else 0.0
+        result["per_layer"] = {n: (m.stats[0] / m.stats[1] if m.stats[1] else 0.0) for n, m in mods.items()}
+        for m in mods.values():
+            m.stats = None
+
+
+@contextlib.contextmanager
+def without_spon(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside this block the model is plain sparse: alphas read as zero and folded biases are set aside."""
+    mods = list(sparse_modules(model).values())
+    saved = [(m.alpha.detach().clone(), m.folded_bias) for m in mods]
+    for m in mods:
+        m.alpha.data.zero_()
+        m.folded_bias = None
+    try:
+        yield model
+    finally:
+        for m, (alpha, fb) in zip(mods, saved):
+            m.alpha.data.copy_(alpha)
+            m.folded_bias = fb

@@ -1,0 +1,61 @@
+"""Pure maths of activation sparsity: masks, thresholds from samples, token selection."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["sparsify", "threshold_from_samples", "sample_abs", "sparsified_positions", "apply_to_positions"]
+
+
+def sparsify(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """S(x) = x * (|x| > tau): entries at or below the threshold become exactly zero."""
+    return x * (x.abs() > tau).to(x.dtype)
+
+
+def threshold_from_samples(samples: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The value tau such that a fraction `sparsity` of `samples` (absolute values) is <= tau.
+
+    Uses the exact order statistic (kthvalue), with no size limit, so calibration is reproducible.
+    """
+    samples = samples.flatten().float()
+    if sparsity <= 0.0 or samples.numel() == 0:
+        return torch.tensor(-1.0)  # nothing is <= -1: no entry is dropped
+    k = max(1, min(samples.numel(), math.ceil(sparsity * samples.numel())))
+    return samples.kthvalue(k).values
+
+
+def sample_abs(x: torch.Tensor, max_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniform random subset (at most `max_samples`) of |x|, flattened, in float32."""
+    flat = x.detach().reshape(-1)
+    if flat.numel() > max_samples:
+        idx = torch.randint(flat.numel(), (max_samples,), generator=generator, device="cpu").to(flat.device)
+        flat = flat[idx]
+    return flat.abs().float().cpu()
+
+
+def sparsified_positions(seq_len: int, tokens: str, last_fraction: float) -> slice:
+    """Which sequence positions of a [.., T, D] input are sparsified.
+
+    "all": every position. "decode": only single-token forwards (generation steps after prefill).
+    "last": positions from round(T * (1 - last_fraction)) on; a single-token forward is always a decode step.
+    """
+    if tokens == "all" or seq_len == 1:
+        return slice(0, seq_len)
+    if tokens == "decode":
+        return slice(0, 0)
+    return slice(int(round(seq_len * (1.0 - last_fraction))), seq_len)
+
+
+def apply_to_positions(x: torch.Tensor, tau: torch.Tensor, positions: slice) -> torch.Tensor:
+    """Sparsify x: [..., T, D] at the selected positions of T, leaving the others dense."""
+    if x.dim() < 2:
+        return sparsify(x, tau)
+    T = x.shape[-2]
+    start, stop, _ = positions.indices(T)
+    if start == 0 and stop == T:
+        return sparsify(x, tau)
+    if start >= stop:
+        return x
+    return torch.cat([x[..., :start, :], sparsify(x[..., start:stop, :], tau), x[..., stop:, :]], dim=-2)

@@ -1,0 +1,87 @@
+"""Tiny random models of four architectures, built in the test (offline, a few MB each)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+VOCAB = 96
+COMMON = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=256,
+)
+ARCHS = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**COMMON)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**COMMON)),  # q/k/v projections carry biases
+    "mistral": lambda: MistralForCausalLM(MistralConfig(**COMMON, sliding_window=64)),
+    "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(**COMMON, head_dim=8, sliding_window=64)),
+}
+LINEARS_PER_BLOCK = 7  # q, k, v, o, gate, up, down
+
+
+def make_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = ARCHS[arch]().eval()
+    with torch.no_grad():  # random init has tiny weights; make activations spread like a trained model's
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return model
+
+
+@pytest.fixture(params=sorted(ARCHS))
+def arch(request) -> str:
+    return request.param
+
+
+def random_ids(batch: int, seq: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, seq), generator=g)
+
+
+WORDS = [f"w{i}" for i in range(VOCAB - 3)]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over w0..w92 with <unk>, <bos>, <eos>; adds no BOS (like SmolLM2)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+
+
+def random_text(n_words: int, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(WORDS), (n_words,), generator=g)
+    words = [WORDS[i] for i in idx.tolist()]
+    lines = [" ".join(words[i : i + 40]) for i in range(0, len(words), 40)]
+    return "\n\n".join(lines)
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    """A tiny Llama with its tokenizer saved as a Hugging Face folder."""
+    folder = tmp_path / "tiny-llama"
+    make_model("llama").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(random_text(6000))
+    return path
