@@ -63,9 +63,10 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
 
 
-def random_text(n_words: int, seed: int = 0) -> str:
+def random_text(n_words: int, seed: int = 0, distinct: int = len(WORDS)) -> str:
+    """Blank-line separated lines of 40 words drawn from the first `distinct` words."""
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(WORDS), (n_words,), generator=g)
+    idx = torch.randint(distinct, (n_words,), generator=g)
     words = [WORDS[i] for i in idx.tolist()]
     lines = [" ".join(words[i : i + 40]) for i in range(0, len(words), 40)]
     return "\n\n".join(lines)

@@ -117,6 +117,10 @@ def _protocol(a) -> EvalProtocol:
 
 def run(a) -> int:
     progress = not a.quiet
+    if a.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if a.command == "demo":
         cfg = pipeline.DemoConfig(
             model=a.model, out=a.out, data=a.data, dtype=a.dtype, sparsity=_sparsity_config(a), train=_train_config(a),

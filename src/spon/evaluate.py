@@ -117,6 +117,8 @@ def evaluate_variants(
         out["ppl_sparse"], _ = perplexity(model, ids, protocol, bos, progress=progress, desc="sparse")
     out["sparsity_measured"] = sp["weighted"]
     out["sparsity_measured_entries"] = sp["entries"]
+    out["has_spon"] = has_spon
+    out["gap_recovered"] = None  # no vectors: nothing to recover with
     if has_spon:
         out["ppl_spon"], _ = perplexity(model, ids, protocol, bos, progress=progress, desc="sparse+SPON")
         out["gap_recovered"] = gap_recovered(out["ppl_dense"], out["ppl_sparse"], out["ppl_spon"])

