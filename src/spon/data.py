@@ -41,14 +41,20 @@ def _blocks(doc_key: str, text: str) -> list[tuple[str, str]]:
     return [(f"{doc_key}#{i}", b) for i, b in enumerate(blocks)]
 
 
-def split_documents(docs: dict[str, str]) -> tuple[str, str, str]:
-    """Deterministic split of documents into calibration / validation / evaluation text (80/10/10 by block)."""
-    parts: tuple[list[str], list[str], list[str]] = ([], [], [])
+def assign_blocks(docs: dict[str, str]) -> list[tuple[str, int, str]]:
+    """(block key, part, text) for every block: part 0 calibration, 1 validation, 2 evaluation, by sha256 of the key."""
+    out = []
     for key in sorted(docs):
         for bkey, block in _blocks(key, docs[key]):
             bucket = int(hashlib.sha256(bkey.encode()).hexdigest(), 16) % SPLIT_BUCKETS
-            parts[0 if bucket >= 4 else (1 if bucket >= 2 else 2)].append(block)
-    return tuple("\n\n".join(p) for p in parts)  # type: ignore[return-value]
+            out.append((bkey, 0 if bucket >= 4 else (1 if bucket >= 2 else 2), block))
+    return out
+
+
+def split_documents(docs: dict[str, str]) -> tuple[str, str, str]:
+    """Deterministic split of documents into calibration / validation / evaluation text (80/10/10 by block)."""
+    blocks = assign_blocks(docs)
+    return tuple("\n\n".join(b for _, part, b in blocks if part == i) for i in range(3))  # type: ignore[return-value]
 
 
 def _pydoc_docs() -> dict[str, str]:

@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .data import sequences
 from .errors import SponError
 from .kl import kl_per_token
 from .sparsify import dense, sparse_modules
@@ -40,11 +41,6 @@ def lr_at(step: int, config: TrainConfig) -> float:
         return config.lr * step / max(1, config.warmup)
     frac = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-
-def _sequences(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
-    n = ids.numel() // seq_len
-    return ids[: n * seq_len].view(n, seq_len)
 
 
 @torch.no_grad()
@@ -83,8 +79,8 @@ def train_spon_(
     if not mods:
         raise SponError("the model has no sparse layers; call sparsify_ and calibrate_ before training SPON")
     device = next(model.parameters()).device
-    train_seqs = _sequences(train_ids, config.seq_len)
-    val_seqs = _sequences(val_ids, config.seq_len)[: config.val_sequences]
+    train_seqs = sequences(train_ids, config.seq_len)
+    val_seqs = sequences(val_ids, config.seq_len)[: config.val_sequences]
     if len(train_seqs) < 1 or len(val_seqs) < 1:
         raise SponError(
             f"too little text to train SPON: need at least one {config.seq_len}-token sequence for training and "
