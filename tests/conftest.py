@@ -6,6 +6,8 @@ import pytest
 import torch
 from transformers import (
     Gemma3ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
     Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -26,8 +28,10 @@ ARCHS = {
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**COMMON)),  # q/k/v projections carry biases
     "mistral": lambda: MistralForCausalLM(MistralConfig(**COMMON, sliding_window=64)),
     "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(**COMMON, head_dim=8, sliding_window=64)),
+    # GPT-2's projections are transformers' Conv1D (weight stored [in, out]), with biases
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)),
 }
-LINEARS_PER_BLOCK = 7  # q, k, v, o, gate, up, down
+LINEARS_PER_BLOCK = {"gpt2": 4}  # c_attn, c_proj, c_fc, c_proj; the others: q, k, v, o, gate, up, down
 
 
 def make_model(arch: str, seed: int = 0) -> torch.nn.Module:

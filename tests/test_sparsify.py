@@ -6,6 +6,7 @@ from torch import nn
 
 import spon
 from conftest import LINEARS_PER_BLOCK, make_model, random_ids
+from spon.sparse_linear import is_linear
 
 
 def calibrated(arch, sparsity=0.5, **kw):
@@ -19,17 +20,19 @@ def calibrated(arch, sparsity=0.5, **kw):
 def test_swaps_every_decoder_linear_and_nothing_else(arch):
     model = make_model(arch)
     mods = spon.sparsify_(model)
-    assert len(mods) == LINEARS_PER_BLOCK * model.config.num_hidden_layers
-    assert all(re.search(r"layers\.\d+\.(self_attn|mlp)\.\w+_proj$", n) for n in mods)
+    assert len(mods) == LINEARS_PER_BLOCK.get(arch, 7) * model.config.num_hidden_layers
+    pattern = r"h\.\d+\.(attn|mlp)\.c_\w+$" if arch == "gpt2" else r"layers\.\d+\.(self_attn|mlp)\.\w+_proj$"
+    assert all(re.search(pattern, n) for n in mods)
     assert type(model.lm_head) is nn.Linear
-    assert not any(type(m) is nn.Linear for n, m in model.named_modules() if ".layers." in n)
+    assert not any(is_linear(m) for n, m in model.named_modules() if n != "lm_head")
 
 
 def test_shares_weights_with_the_original(arch):
     model = make_model(arch)
-    w = model.model.layers[0].mlp.up_proj.weight
+    name = next(iter(spon.target_linears(model, spon.SparsityConfig())))
+    w = model.get_submodule(name).weight
     spon.sparsify_(model)
-    assert model.model.layers[0].mlp.up_proj.weight is w
+    assert model.get_submodule(name).weight is w
 
 
 def test_dense_context_gives_exact_dense_logits(arch):
@@ -93,12 +96,14 @@ def test_last_mode_sparsifies_only_the_tail():
     assert not torch.allclose(out[:, 12:], want[:, 12:])
 
 
-def test_unsparsify_restores_plain_linears():
-    model, _ = calibrated("qwen2")
+@pytest.mark.parametrize("name", ["qwen2", "gpt2"])
+def test_unsparsify_restores_plain_linears(name):
+    model, _ = calibrated(name)
     spon.unsparsify_(model)
     ids = random_ids(1, 8)
     assert not spon.sparse_modules(model)
-    assert torch.equal(model(input_ids=ids).logits, make_model("qwen2")(input_ids=ids).logits)
+    assert type(model.get_submodule(next(iter(spon.target_linears(model, spon.SparsityConfig()))))) is not spon.SparseLinear
+    assert torch.equal(model(input_ids=ids).logits, make_model(name)(input_ids=ids).logits)
 
 
 def test_no_linears_is_a_clear_error():

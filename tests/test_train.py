@@ -23,7 +23,8 @@ def test_short_training_lowers_validation_kl(arch):
     for n, p in model.named_parameters():  # every model weight stayed frozen
         if n in weights:
             assert torch.equal(p, weights[n]), n
-    assert all(not p.requires_grad for p in model.parameters())
+    assert not any(m.alpha.requires_grad for m in spon.sparse_modules(model).values())
+    assert all(p.requires_grad for n, p in model.named_parameters() if n in weights)  # as they were before
 
 
 def test_lr_schedule_warms_up_and_decays():

@@ -17,7 +17,7 @@ from .evaluate import EvalProtocol, evaluate_variants, gap_recovered, perplexity
 from .fold import fold_
 from .models import LoadedModel, load_model
 from .sparse_linear import SparseLinear
-from .sparsify import dense, measure_sparsity, sparse_modules, sparsify_, unsparsify_, without_spon
+from .sparsify import dense, measure_sparsity, sparse_modules, sparsify_, target_linears, unsparsify_, without_spon
 from .train import TrainResult, train_spon_
 
 __version__ = "0.1.0"
@@ -25,6 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "SparsityConfig", "TrainConfig", "EvalProtocol", "SparseLinear", "SponError", "LoadedModel", "TextSplits",
     "TrainResult", "load_model", "load_splits", "tokenize", "sparsify_", "unsparsify_", "calibrate_", "train_spon_",
-    "fold_", "dense", "without_spon", "measure_sparsity", "sparse_modules", "save_artifact", "load_artifact",
+    "fold_", "dense", "without_spon", "measure_sparsity", "sparse_modules", "target_linears", "save_artifact", "load_artifact",
     "read_artifact", "perplexity", "evaluate_variants", "gap_recovered",
 ]

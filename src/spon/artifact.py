@@ -19,6 +19,7 @@ from torch import nn
 from .atomic import atomic_file, ensure_writable_dir
 from .config import SparsityConfig
 from .errors import SponError
+from .sparse_linear import linear_shape
 from .sparsify import sparse_modules, sparsify_, target_linears
 
 __all__ = ["save_artifact", "load_artifact", "read_artifact", "is_artifact", "FORMAT_VERSION", "CONFIG_NAME", "TENSORS_NAME"]
@@ -107,7 +108,7 @@ def read_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _check_fits(meta: dict, model: nn.Module, config: SparsityConfig, path: Path) -> None:
-    have = {n: [m.out_features, m.in_features] for n, m in (sparse_modules(model) or target_linears(model, config)).items()}
+    have = {n: linear_shape(m) for n, m in (sparse_modules(model) or target_linears(model, config)).items()}
     want = meta["modules"]
     base = meta.get("base_model", {})
     made_for = f"{base.get('name', '?')} ({base.get('architecture', '?')})"

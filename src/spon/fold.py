@@ -28,8 +28,8 @@ def fold_(model: nn.Module) -> nn.Module:
     for mod in sparse_modules(model).values():
         if mod.folded:
             base = mod.folded_bias
-            mod.folded_bias = folded_bias(mod.weight, base, mod.alpha)
+            mod.folded_bias = folded_bias(mod.matrix, base, mod.alpha)
         else:
-            mod.folded_bias = folded_bias(mod.weight, mod.bias, mod.alpha)
+            mod.folded_bias = folded_bias(mod.matrix, mod.bias, mod.alpha)
         mod.alpha.zero_()
     return model

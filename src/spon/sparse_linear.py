@@ -13,7 +13,23 @@ from torch import nn
 
 from .threshold import apply_to_positions, sparsified_positions
 
-__all__ = ["SparseLinear"]
+__all__ = ["SparseLinear", "is_linear", "linear_shape"]
+
+
+def is_conv1d(mod: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2 family): a linear layer whose weight is stored [in, out]."""
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and getattr(mod, "weight", None) is not None
+
+
+def linear_shape(mod: nn.Module) -> list[int]:
+    """[out_features, in_features] of an `nn.Linear`, `Conv1D` or `SparseLinear`."""
+    w = mod.weight
+    return [w.shape[1], w.shape[0]] if is_conv1d(mod) or getattr(mod, "transposed", False) else [w.shape[0], w.shape[1]]
+
+
+def is_linear(mod: nn.Module) -> bool:
+    """A plain dense linear layer that `SparseLinear` can wrap: `nn.Linear` or transformers' `Conv1D`."""
+    return type(mod) is nn.Linear or is_conv1d(mod)
 
 
 class SparseLinear(nn.Module):
@@ -30,22 +46,37 @@ class SparseLinear(nn.Module):
         self.sparse = True  # False inside `dense(model)`
         self.tokens, self.last_fraction = "all", 0.5
         self.stats: list[float] | None = None  # [zeros, entries] while measuring sparsity
+        self.transposed = False  # True when wrapping a Conv1D, whose weight is [in, out]
+        self._dense_cls: type = nn.Linear
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, tokens: str = "all", last_fraction: float = 0.5) -> "SparseLinear":
+    def from_linear(cls, linear: nn.Module, tokens: str = "all", last_fraction: float = 0.5) -> "SparseLinear":
+        """Wrap an `nn.Linear` (or a GPT-2 `Conv1D`), sharing its weight and bias."""
         w = linear.weight
-        mod = cls(linear.in_features, linear.out_features, bias=False, device=w.device, dtype=w.dtype)
-        mod.weight = linear.weight
-        mod.bias = linear.bias
+        out_f, in_f = linear_shape(linear)
+        mod = cls(in_f, out_f, bias=False, device="meta")
+        mod.alpha = nn.Parameter(torch.zeros(in_f, device=w.device), requires_grad=False)
+        mod.threshold = torch.tensor(-1.0, device=w.device)
+        mod.weight, mod.bias = linear.weight, linear.bias
+        mod.transposed, mod._dense_cls = is_conv1d(linear), type(linear)
         mod.tokens, mod.last_fraction = tokens, last_fraction
         return mod
 
-    def to_linear(self) -> nn.Linear:
-        """The plain dense layer back (the original weight and bias objects)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        lin.weight = self.weight
-        lin.bias = self.bias
+    def to_linear(self) -> nn.Module:
+        """The plain dense layer back, of its original class, with the original weight and bias objects."""
+        if self.transposed:
+            lin = self._dense_cls.__new__(self._dense_cls)
+            nn.Module.__init__(lin)
+            lin.nf, lin.nx = self.out_features, self.in_features
+        else:
+            lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        lin.weight, lin.bias = self.weight, self.bias
         return lin
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The weight as [out_features, in_features] (a view for Conv1D)."""
+        return self.weight.t() if self.transposed else self.weight
 
     @property
     def folded(self) -> bool:
@@ -63,11 +94,11 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.sparse:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, self.matrix, self.bias)
         xs = self.sparse_input(x)
         if self.folded:
-            return F.linear(xs, self.weight, self.folded_bias)
-        return F.linear(xs + self.alpha.to(xs.dtype), self.weight, self.bias)
+            return F.linear(xs, self.matrix, self.folded_bias)
+        return F.linear(xs + self.alpha.to(xs.dtype), self.matrix, self.bias)
 
     def extra_repr(self) -> str:
         return (

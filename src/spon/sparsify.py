@@ -10,18 +10,18 @@ from torch import nn
 
 from .config import SparsityConfig
 from .errors import SponError
-from .sparse_linear import SparseLinear
+from .sparse_linear import SparseLinear, is_linear
 
 __all__ = ["sparsify_", "unsparsify_", "target_linears", "sparse_modules", "dense", "without_spon", "measure_sparsity"]
 
 
-def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Linear]:
-    """The `nn.Linear` modules that `config` selects, by qualified name (decoder-block linears by default)."""
+def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Module]:
+    """The linear modules (`nn.Linear`, or GPT-2's `Conv1D`) that `config` selects, by qualified name (decoder-block linears by default)."""
     include, exclude = re.compile(config.include), re.compile(config.exclude)
     return {
         name: mod
         for name, mod in model.named_modules()
-        if type(mod) is nn.Linear and include.search(name) and not exclude.search(name)
+        if is_linear(mod) and include.search(name) and not exclude.search(name)
     }
 
 
