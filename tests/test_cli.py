@@ -122,3 +122,15 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not found" in proc.stderr
+
+
+def test_per_layer_override_reaches_the_artifact(capsys, model_folder, big_text, tmp_path):
+    art = tmp_path / "art"
+    code, _, _ = run(capsys, "calibrate", "--model", model_folder, "--data", big_text, "--out", art, "--quiet",
+                     "--calib-tokens", "512", "--override", r"mlp\.down_proj=0.2")
+    meta = json.loads((art / "spon_config.json").read_text())
+    assert code == 0 and meta["sparsity"]["overrides"] == {r"mlp\.down_proj": 0.2}
+    code, _, err = run(capsys, "calibrate", "--model", model_folder, "--out", art, "--override", "nonsense")
+    assert code == 2 and "REGEX=SPARSITY" in one_line_error(err)
+    code, _, err = run(capsys, "calibrate", "--model", model_folder, "--out", art, "--override", "down=1.2")
+    assert code == 2 and "[0, 1)" in one_line_error(err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import pipeline
 from .artifact import save_artifact
@@ -41,6 +42,8 @@ def _sparsity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=_sparsity, default=0.5, help="target fraction of inputs zeroed per layer (default 0.5)")
     p.add_argument("--tokens", default="all", choices=["all", "decode", "last"], help="which tokens are sparsified (default all)")
     p.add_argument("--last-fraction", type=float, default=0.5, help="with --tokens last: fraction of each sequence (default 0.5)")
+    p.add_argument("--override", action="append", default=[], metavar="REGEX=S",
+                   help="per-layer sparsity for modules whose name matches REGEX, e.g. 'mlp\\.down_proj=0.3' (repeatable)")
     p.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens for thresholds (default 8192)")
 
 
@@ -104,7 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sparsity_config(a) -> SparsityConfig:
-    return SparsityConfig(sparsity=a.sparsity, tokens=a.tokens, last_fraction=a.last_fraction)
+    overrides = {}
+    for item in a.override:
+        pattern, sep, value = item.rpartition("=")
+        if not sep or not pattern:
+            raise SponError(f"--override {item!r} must look like REGEX=SPARSITY, e.g. 'mlp\\.down_proj=0.3'")
+        try:
+            overrides[pattern] = float(value)
+        except ValueError:
+            raise SponError(f"--override {item!r}: {value!r} is not a number") from None
+    return SparsityConfig(sparsity=a.sparsity, tokens=a.tokens, last_fraction=a.last_fraction, overrides=overrides)
 
 
 def _train_config(a) -> TrainConfig:
@@ -126,20 +138,20 @@ def run(a) -> int:
             model=a.model, out=a.out, data=a.data, dtype=a.dtype, sparsity=_sparsity_config(a), train=_train_config(a),
             protocol=_protocol(a), calib_tokens=a.calib_tokens,
         )
-        report = pipeline.run_demo(cfg, progress=progress)
-        print(open(f"{a.out}/report.md").read())
-        return 0 if report else 1
+        pipeline.run_demo(cfg, progress=progress)
+        print((Path(a.out) / "report.md").read_text())
+        return 0
     if a.command in ("calibrate", "train"):
+        sparsity = _sparsity_config(a)  # bad options fail before any loading
+        train = _train_config(a) if a.command == "train" else None
         ensure_writable_dir(a.out)
         splits = load_splits(a.data)
         lm, meta = pipeline.open_model(a.model, a.dtype, getattr(a, "artifact", None))
         info = {"calibration": meta["calibration"]} if meta and "calibration" in meta else {}
         if not meta:
-            info["calibration"] = pipeline.calibrate_model(
-                lm, splits, _sparsity_config(a), calib_tokens=a.calib_tokens, progress=progress
-            )
-        if a.command == "train":
-            info["training"] = pipeline.train_model(lm, splits, _train_config(a), progress=progress)
+            info["calibration"] = pipeline.calibrate_model(lm, splits, sparsity, calib_tokens=a.calib_tokens, progress=progress)
+        if train is not None:
+            info["training"] = pipeline.train_model(lm, splits, train, progress=progress)
         save_artifact(lm.model, a.out, lm.identity, **info)
         print(f"spon: wrote {a.out}")
         return 0
