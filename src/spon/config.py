@@ -68,6 +68,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm of the alphas
     eval_every: int = 10  # validation KL every this many steps (and at steps 0 and last)
     val_sequences: int = 4  # validation sequences of seq_len tokens, held out from training
+    train_sequences: int | None = None  # distinct training sequences (None: steps*batch_size, one pass); fewer = epochs
+    teacher_topk: int = 64  # teacher kept as top-k log-probs + rest mass, computed once; 0 = exact KL, teacher every step
     seed: int = 0  # data order and sampling
 
     def __post_init__(self):
@@ -76,6 +78,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):
             if getattr(self, name) < 1:
                 raise SponError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.teacher_topk < 0 or (self.train_sequences is not None and self.train_sequences < 1):
+            raise SponError("teacher_topk must be >= 0 and train_sequences >= 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,11 +1,11 @@
-"""Distillation loss: KL(dense teacher || sparse student), per token."""
+"""Distillation loss: KL(dense teacher || sparse student), per token, exact or from a compact top-k teacher."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kl_per_token"]
+__all__ = ["kl_per_token", "topk_teacher", "kl_topk"]
 
 
 def kl_per_token(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -16,3 +16,30 @@ def kl_per_token(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> to
     student_logp = F.log_softmax(student_logits.float(), dim=-1)
     kl = F.kl_div(student_logp, teacher_logp.float(), log_target=True, reduction="sum")
     return kl / (teacher_logp.numel() // teacher_logp.shape[-1])
+
+
+def _log_rest(top_logp: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(top_logp))) over the last dim: the log-mass outside the top k."""
+    return torch.log((1.0 - top_logp.exp().sum(-1)).clamp_min(1e-12))
+
+
+def topk_teacher(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compact teacher: the k largest log-probs, their token ids, and the log of the remaining mass.
+
+    logits: [B, T, V] -> values [B, T, k] float32, indices [B, T, k] int64, log_rest [B, T] float32.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    values, indices = logp.topk(k, dim=-1)
+    return values, indices, _log_rest(values)
+
+
+def kl_topk(values: torch.Tensor, indices: torch.Tensor, log_rest: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """KL between teacher and student over k+1 outcomes (the teacher's top k tokens and "all the rest").
+
+    A lower bound of the full KL that equals it when the teacher's mass outside the top k is zero.
+    Mean over tokens; student_logits: [B, T, V].
+    """
+    s_logp = F.log_softmax(student_logits.float(), dim=-1)
+    s_top = s_logp.gather(-1, indices)
+    kl = (values.exp() * (values - s_top)).sum(-1) + log_rest.exp() * (log_rest - _log_rest(s_top))
+    return kl.mean()

@@ -197,7 +197,7 @@ def render_report(r: dict) -> str:
         f"- Calibration: {r['calibration']['tokens']} tokens of {r['calibration']['data']['description']}.",
         f"- SPON training: {tr['steps_run']} steps, lr {r['training']['config']['lr']}, batch "
         f"{r['training']['config']['batch_size']}x{r['training']['config']['seq_len']}; validation KL "
-        f"{tr['val_kl_start']:.4f} -> {tr['val_kl_best']:.4f} (kept step {tr['best_step']}){'; ' + tr['stopped'] if tr['stopped'] else ''}.",
+        f"{tr['val_kl_start']:.4f} -> {tr['val_kl_best']:.4f} (kept: {tr['kept']}, step {tr['best_step']}; teacher top-{r['training']['config']['teacher_topk']} log-probs + rest){'; ' + tr['stopped'] if tr['stopped'] else ''}.",
         f"- Evaluation: held-out split, {m['tokens']} tokens scored, context {proto['ctx_len']}, stride {proto['stride']}, "
         f"{'BOS at the start of each window' if m['bos'] else 'no BOS (the tokenizer adds none)'}.",
         "",

@@ -6,17 +6,16 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import sequences
 from .errors import SponError
-from .kl import kl_per_token
+from .kl import kl_per_token, kl_topk, topk_teacher
 from .sparsify import dense, sparse_modules
 
-__all__ = ["train_spon_", "TrainResult", "validation_kl", "lr_at"]
+__all__ = ["train_spon_", "TrainResult", "Teacher", "validation_kl", "lr_at"]
 
 
 @dataclass
@@ -27,7 +26,7 @@ class TrainResult:
     val_kl_best: float
     best_step: int
     steps_run: int
-    kept: str  # "trained" or "start" (no trained vectors beat the starting ones)
+    kept: str  # "trained", "start" (the starting vectors) or "zeros" (nothing beat zero vectors)
     stopped: str = ""  # why training stopped early, if it did
     history: list[dict] = field(default_factory=list)
 
@@ -43,20 +42,45 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-@torch.no_grad()
-def _teacher_logp(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with dense(model):
-        return F.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+class Teacher:
+    """The dense model's output distribution on a fixed set of sequences, computed once.
+
+    With k > 0 each token keeps its top-k log-probs and the log of the rest (k+1 floats and k ids),
+    so a training step costs one student forward and backward; with k = 0 the full distribution is
+    recomputed at every use (exact KL, one more forward per step).
+    """
+
+    def __init__(self, model: nn.Module, seqs: torch.Tensor, k: int, batch_size: int, *, progress: bool = False, desc: str = "teacher"):
+        self.model, self.seqs, self.k = model, seqs, k
+        self.device = next(model.parameters()).device
+        parts: list[tuple[torch.Tensor, ...]] = []
+        if k > 0:
+            for i in tqdm(range(0, len(seqs), batch_size), desc=desc, disable=not progress, leave=False):
+                with torch.no_grad(), dense(model):
+                    logits = model(input_ids=seqs[i : i + batch_size].to(self.device)).logits
+                parts.append(tuple(t.cpu() for t in topk_teacher(logits, k)))
+        # values [N, T, k], indices [N, T, k], log_rest [N, T]
+        self.cache = tuple(torch.cat(ts) for ts in zip(*parts)) if parts else ()
+
+    def kl(self, rows: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+        """KL(teacher || student) for the sequences `rows` (indices into seqs), mean over tokens."""
+        if self.k > 0:
+            v, i, r = (t[rows].to(self.device) for t in self.cache)
+            return kl_topk(v, i, r, student_logits)
+        with torch.no_grad(), dense(self.model):
+            t_logp = torch.log_softmax(self.model(input_ids=self.seqs[rows].to(self.device)).logits.float(), -1)
+        return kl_per_token(t_logp, student_logits)
 
 
 @torch.no_grad()
-def validation_kl(model: nn.Module, batches: list[torch.Tensor], teacher: list[torch.Tensor]) -> float:
-    """Mean per-token KL(dense || sparse) over validation batches whose teacher log-probs are given."""
+def validation_kl(model: nn.Module, teacher: Teacher, batch_size: int) -> float:
+    """Mean per-token KL(dense || sparse) over the teacher's sequences."""
     total, count = 0.0, 0
-    for ids, t_logp in zip(batches, teacher):
-        n = ids.numel()
-        total += float(kl_per_token(t_logp, model(input_ids=ids).logits)) * n
-        count += n
+    for i in range(0, len(teacher.seqs), batch_size):
+        rows = torch.arange(i, min(i + batch_size, len(teacher.seqs)))
+        logits = model(input_ids=teacher.seqs[rows].to(teacher.device)).logits
+        total += float(teacher.kl(rows, logits)) * len(rows)
+        count += len(rows)
     return total / count
 
 
@@ -71,70 +95,87 @@ def train_spon_(
     """Train the alphas of every `SparseLinear` in place; every other weight stays frozen.
 
     train_ids, val_ids: 1-D token streams (calibration and held-out validation parts).
-    The alphas with the lowest validation KL are kept, including the starting ones (zeros by default),
-    so training never leaves the model worse on validation than it found it.
+    The alphas with the lowest validation KL are kept, zero vectors and the starting ones included,
+    so training never leaves the model worse on validation than plain sparsity.
     """
     config = config or TrainConfig()
     mods = sparse_modules(model)
     if not mods:
         raise SponError("the model has no sparse layers; call sparsify_ and calibrate_ before training SPON")
-    device = next(model.parameters()).device
+    n_train = config.train_sequences or config.steps * config.batch_size
     train_seqs = sequences(train_ids, config.seq_len)
+    gen = torch.Generator().manual_seed(config.seed)
+    train_seqs = train_seqs[torch.randperm(len(train_seqs), generator=gen)[:n_train]]
     val_seqs = sequences(val_ids, config.seq_len)[: config.val_sequences]
     if len(train_seqs) < 1 or len(val_seqs) < 1:
         raise SponError(
             f"too little text to train SPON: need at least one {config.seq_len}-token sequence for training and "
             f"for validation, got {train_ids.numel()} and {val_ids.numel()} tokens; use more text or a smaller --seq-len"
         )
-    gen = torch.Generator().manual_seed(config.seed)
     model.eval()
     frozen = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
     alphas = [m.alpha for m in mods.values()]
-    for a in alphas:
-        a.requires_grad_(True)
     try:
-        val_batches = [val_seqs[i : i + config.batch_size].to(device) for i in range(0, len(val_seqs), config.batch_size)]
-        teacher_val = [_teacher_logp(model, b) for b in val_batches]
-        best = validation_kl(model, val_batches, teacher_val)
-        result = TrainResult(val_kl_start=best, val_kl_best=best, best_step=0, steps_run=0, kept="start")
-        result.history.append({"step": 0, "val_kl": best})
-        best_state = [a.detach().clone() for a in alphas]
-        opt = torch.optim.Adam(alphas, lr=config.lr)
-        order = torch.randperm(len(train_seqs), generator=gen)
-        pos = 0
-        bar = tqdm(range(1, config.steps + 1), desc="training SPON", disable=not progress)
-        for step in bar:
-            idx = torch.cat([order, order])[pos : pos + config.batch_size]  # wraps around the epoch
-            pos = (pos + config.batch_size) % len(order)
-            ids = train_seqs[idx].to(device)
-            t_logp = _teacher_logp(model, ids)
-            loss = kl_per_token(t_logp, model(input_ids=ids).logits)
-            if not torch.isfinite(loss):
-                result.stopped = f"non-finite loss at step {step}; kept the alphas of step {result.best_step}"
-                break
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, config)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(alphas, config.grad_clip)
-            opt.step()
-            result.steps_run = step
-            record = {"step": step, "loss": loss.item(), "lr": lr_at(step, config)}
-            if step % config.eval_every == 0 or step == config.steps:
-                v = validation_kl(model, val_batches, teacher_val)
-                record["val_kl"] = v
-                if v < result.val_kl_best:
-                    result.val_kl_best, result.best_step, result.kept = v, step, "trained"
-                    best_state = [a.detach().clone() for a in alphas]
-            result.history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{result.val_kl_best:.4f}")
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        val = Teacher(model, val_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (validation)")
+        train = Teacher(model, train_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (training)")
+        result = _optimise(model, alphas, train, val, config, progress)
     finally:
         for p, req in frozen:
             p.requires_grad_(req)
         for a in alphas:
             a.requires_grad_(False)
+    return result
+
+
+def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, progress: bool) -> TrainResult:
+    start = [a.detach().clone() for a in alphas]
+    best_state, best, kept = start, validation_kl(model, val, config.batch_size), "start"
+    val_start = best
+    if not any(bool(a.any()) for a in start):
+        kept = "zeros"
+    else:  # a non-zero start must also beat zero vectors
+        with torch.no_grad():
+            for a in alphas:
+                a.zero_()
+        zero = validation_kl(model, val, config.batch_size)
+        if zero <= best:
+            best_state, best, kept = [a.detach().clone() for a in alphas], zero, "zeros"
+        with torch.no_grad():
+            for a, s in zip(alphas, start):
+                a.copy_(s)
+    result = TrainResult(val_kl_start=val_start, val_kl_best=best, best_step=0, steps_run=0, kept=kept)
+    result.history.append({"step": 0, "val_kl": val_start})
+    for a in alphas:
+        a.requires_grad_(True)
+    opt = torch.optim.Adam(alphas, lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    order = torch.randperm(len(train.seqs), generator=gen)
+    pos = 0
+    bar = tqdm(range(1, config.steps + 1), desc="training SPON", disable=not progress)
+    for step in bar:
+        rows = order[torch.arange(pos, pos + config.batch_size) % len(order)]  # wraps into the next epoch
+        pos = (pos + config.batch_size) % len(order)
+        loss = train.kl(rows, model(input_ids=train.seqs[rows].to(train.device)).logits)
+        if not torch.isfinite(loss):
+            result.stopped = f"non-finite loss at step {step}; kept the vectors of step {result.best_step} ({result.kept})"
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(alphas, config.grad_clip)
+        opt.step()
+        result.steps_run = step
+        record = {"step": step, "loss": loss.item(), "lr": lr_at(step, config)}
+        if step % config.eval_every == 0 or step == config.steps:
+            record["val_kl"] = v = validation_kl(model, val, config.batch_size)
+            if v < result.val_kl_best:
+                result.val_kl_best, result.best_step, result.kept = v, step, "trained"
+                best_state = [a.detach().clone() for a in alphas]
+        result.history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{result.val_kl_best:.4f}")
     with torch.no_grad():
         for a, b in zip(alphas, best_state):
             a.copy_(b)
