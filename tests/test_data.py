@@ -73,3 +73,15 @@ def test_unreachable_hub_dataset_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(spon.SponError, match="cannot load dataset 'c4'.*--data pydoc"):
         spon.load_splits("c4")
+
+
+def test_sequences_with_and_without_bos():
+    import torch
+
+    from spon.data import sequences
+
+    ids = torch.arange(10, 30)
+    assert sequences(ids, 8).tolist() == [list(range(10, 18)), list(range(18, 26))]
+    with_bos = sequences(ids, 8, bos=1)
+    assert with_bos.tolist() == [[1, *range(10, 17)], [1, *range(17, 24)]]  # 20 tokens: two rows of 1 + 7
+    assert sequences(ids, 8, max_tokens=9).shape == (1, 8)

@@ -142,9 +142,16 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def sequences(ids: torch.Tensor, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
-    """Non-overlapping [N, seq_len] sequences from a 1-D token stream (the remainder is dropped)."""
+def sequences(ids: torch.Tensor, seq_len: int, max_tokens: int | None = None, bos: int | None = None) -> torch.Tensor:
+    """Non-overlapping [N, seq_len] sequences from a 1-D token stream (the remainder is dropped).
+
+    With `bos`, each row is BOS followed by seq_len - 1 text tokens, as the model sees text at inference.
+    """
     if max_tokens is not None:
         ids = ids[:max_tokens]
-    n = ids.numel() // seq_len
-    return ids[: n * seq_len].view(n, seq_len)
+    body = seq_len - (1 if bos is not None else 0)
+    n = ids.numel() // body
+    rows = ids[: n * body].view(n, body)
+    if bos is not None:
+        rows = torch.cat([torch.full((n, 1), bos, dtype=rows.dtype), rows], dim=1)
+    return rows

@@ -59,7 +59,7 @@ def calibrate_model(
 ) -> dict:
     """Sparsify and calibrate thresholds on the calibration split; returns the calibration description."""
     ids = tokenize(lm.tokenizer, splits.calibration)
-    seqs = sequences(ids, seq_len, calib_tokens)
+    seqs = sequences(ids, seq_len, calib_tokens, bos=bos_token_id(lm.tokenizer))
     if len(seqs) == 0:
         raise SponError(f"calibration text has {ids.numel()} tokens, fewer than one {seq_len}-token sequence; give more text")
     sparsify_(lm.model, config)
@@ -70,6 +70,7 @@ def calibrate_model(
         "split": "calibration",
         "tokens": int(seqs.numel()),
         "seq_len": seq_len,
+        "bos": bos_token_id(lm.tokenizer) is not None,
         "seed": seed,
         "seconds": round(time.time() - t0, 1),
     }
@@ -80,7 +81,7 @@ def train_model(lm: LoadedModel, splits: TextSplits, config: TrainConfig, *, pro
     t0 = time.time()
     result = train_spon_(
         lm.model, tokenize(lm.tokenizer, splits.calibration), tokenize(lm.tokenizer, splits.validation), config,
-        progress=progress,
+        bos=bos_token_id(lm.tokenizer), progress=progress,
     )
     return {"config": config.to_dict(), "result": result.to_dict(), "data": splits.source, "seconds": round(time.time() - t0, 1)}
 
@@ -96,7 +97,7 @@ def evaluate_model(lm: LoadedModel, splits: TextSplits, protocol: EvalProtocol, 
 def export_model(spec: str, artifact: str, out: str, dtype: str = "float32") -> Path:
     """Write a model folder (base weights + tokenizer + folded SPON artifact) that `load_model` runs sparse."""
     out_path = Path(out)
-    ensure_writable_dir(out_path.parent if out_path.parent != Path("") else Path("."))
+    ensure_writable_dir(out_path.parent)
     lm = load_model(spec, dtype)
     with atomic_dir(out_path) as tmp:
         lm.model.save_pretrained(tmp)  # the dense base weights, before any module is swapped

@@ -90,11 +90,13 @@ def train_spon_(
     val_ids: torch.Tensor,
     config: TrainConfig | None = None,
     *,
+    bos: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train the alphas of every `SparseLinear` in place; every other weight stays frozen.
 
-    train_ids, val_ids: 1-D token streams (calibration and held-out validation parts).
+    train_ids, val_ids: 1-D token streams (calibration and held-out validation parts); with `bos` every
+    sequence starts with that token, as evaluation windows do.
     The alphas with the lowest validation KL are kept, zero vectors and the starting ones included,
     so training never leaves the model worse on validation than plain sparsity.
     """
@@ -103,10 +105,10 @@ def train_spon_(
     if not mods:
         raise SponError("the model has no sparse layers; call sparsify_ and calibrate_ before training SPON")
     n_train = config.train_sequences or config.steps * config.batch_size
-    train_seqs = sequences(train_ids, config.seq_len)
+    train_seqs = sequences(train_ids, config.seq_len, bos=bos)
     gen = torch.Generator().manual_seed(config.seed)
     train_seqs = train_seqs[torch.randperm(len(train_seqs), generator=gen)[:n_train]]
-    val_seqs = sequences(val_ids, config.seq_len)[: config.val_sequences]
+    val_seqs = sequences(val_ids, config.seq_len, bos=bos)[: config.val_sequences]
     if len(train_seqs) < 1 or len(val_seqs) < 1:
         raise SponError(
             f"too little text to train SPON: need at least one {config.seq_len}-token sequence for training and "
