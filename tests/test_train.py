@@ -89,3 +89,39 @@ def test_exact_teacher_mode_trains_too():
     cfg = spon.TrainConfig(lr=1e-3, steps=8, batch_size=4, seq_len=64, eval_every=4, warmup=2, teacher_topk=0)
     result = spon.train_spon_(model, train_ids, train_ids[:256], cfg, progress=False)
     assert result.kept == "trained" and result.val_kl_best < 0.9 * result.val_kl_start
+
+
+def test_mean_dropped_is_the_mean_of_what_sparsity_removes():
+    from spon.init import mean_dropped
+
+    x = torch.tensor([[[0.1, 2.0, -0.2], [-0.3, 0.05, 3.0]]])  # [1, 2, 3]
+    total, n = mean_dropped(x, torch.tensor(0.25))
+    assert n == 2 and torch.allclose(total / n, torch.tensor([0.05, 0.025, -0.1]))
+
+
+def test_init_alphas_sets_the_mean_dropped_input():
+    from spon.init import init_alphas_
+
+    model, _ = calibrated("llama", 0.6)
+    ids = random_ids(2, 32, seed=3)
+    seen = {}
+    q = model.model.layers[0].self_attn.q_proj
+    h = q.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach().clone()))
+    init_alphas_(model, [ids], progress=False)
+    h.remove()
+    x = seen["x"]
+    expected = (x * (x.abs() <= q.threshold)).reshape(-1, x.shape[-1]).mean(0)
+    torch.testing.assert_close(q.alpha, expected)
+    assert all(m.alpha.abs().sum() > 0 for m in spon.sparse_modules(model).values())
+
+
+def test_mean_dropped_start_is_kept_only_if_it_beats_zeros():
+    model, _ = calibrated("llama", 0.6)
+    train_ids, _ = streams()
+    cfg = spon.TrainConfig(lr=50.0, steps=2, batch_size=4, seq_len=64, eval_every=1, warmup=0, init="mean-dropped")
+    result = spon.train_spon_(model, train_ids, train_ids[:256], cfg, progress=False)
+    assert result.kept in ("start", "zeros") and result.best_step == 0
+    nonzero = any(float(m.alpha.abs().sum()) > 0 for m in spon.sparse_modules(model).values())
+    assert nonzero == (result.kept == "start")
+    with pytest.raises(spon.SponError, match="unknown init"):
+        spon.TrainConfig(init="random")

@@ -55,6 +55,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--train-sequences", type=int, default=None, help="distinct training sequences (default steps x batch size)")
     p.add_argument("--teacher-topk", type=int, default=d.teacher_topk, help=f"teacher log-probs kept per token (default {d.teacher_topk}; 0 = exact KL)")
+    p.add_argument("--init", default=d.init, choices=["zeros", "mean-dropped"], help=f"starting vectors (default {d.init})")
     p.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -124,7 +125,7 @@ def _sparsity_config(a) -> SparsityConfig:
 def _train_config(a) -> TrainConfig:
     return TrainConfig(
         lr=a.lr, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, seed=a.seed,
-        train_sequences=a.train_sequences, teacher_topk=a.teacher_topk,
+        train_sequences=a.train_sequences, teacher_topk=a.teacher_topk, init=a.init,
     )
 
 

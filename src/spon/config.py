@@ -11,6 +11,7 @@ from .errors import SponError
 __all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES"]
 
 TOKEN_MODES = ("all", "decode", "last")
+INITS = ("zeros", "mean-dropped")
 
 
 @dataclass
@@ -70,9 +71,12 @@ class TrainConfig:
     val_sequences: int = 4  # validation sequences of seq_len tokens, held out from training
     train_sequences: int | None = None  # distinct training sequences (None: steps*batch_size, one pass); fewer = epochs
     teacher_topk: int = 64  # teacher kept as top-k log-probs + rest mass, computed once; 0 = exact KL, teacher every step
+    init: str = "zeros"  # starting alphas: "zeros" or "mean-dropped" (E[x - S(x)] per layer, no gradient steps)
     seed: int = 0  # data order and sampling
 
     def __post_init__(self):
+        if self.init not in INITS:
+            raise SponError(f"unknown init {self.init!r}; use one of {', '.join(INITS)}")
         if not self.lr > 0:
             raise SponError(f"learning rate must be positive, got {self.lr}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .data import sequences
 from .errors import SponError
+from .init import init_alphas_
 from .kl import kl_per_token, kl_topk, topk_teacher
 from .sparsify import dense, sparse_modules
 
@@ -120,6 +121,8 @@ def train_spon_(
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
+        if config.init == "mean-dropped":
+            init_alphas_(model, train_seqs[: max(1, 8192 // config.seq_len)].split(config.batch_size), progress=progress)
         val = Teacher(model, val_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (validation)")
         train = Teacher(model, train_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (training)")
         result = _optimise(model, alphas, train, val, config, progress)

@@ -1,0 +1,58 @@
+"""A training-free start for the spontaneous vectors: alpha = E[x - S(x)], the mean of what sparsity drops.
+
+First-order view (PAPER.md section 3): the output error of a layer is W (x - S(x)); its best constant
+correction in the plain least-squares sense is W E[x - S(x)], i.e. alpha = the mean dropped input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .sparsify import sparse_modules, without_spon
+from .threshold import sparsified_positions
+
+__all__ = ["mean_dropped", "init_alphas_"]
+
+
+def mean_dropped(x: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum over tokens of the dropped part x * (|x| <= tau), and the token count; x: [..., D]."""
+    dropped = x * (x.abs() <= tau).to(x.dtype)
+    return dropped.reshape(-1, x.shape[-1]).float().sum(0), dropped.numel() // x.shape[-1]
+
+
+@torch.no_grad()
+def init_alphas_(model: nn.Module, batches: Iterable[torch.Tensor], *, progress: bool = True) -> dict[str, float]:
+    """Set every alpha to the mean dropped input of its layer, measured in the plain sparse model.
+
+    batches: input_ids [B, T]. Returns the norm of each alpha by module name.
+    """
+    mods = sparse_modules(model)
+    sums = {name: [torch.zeros(m.in_features), 0] for name, m in mods.items()}
+
+    def hook(name):
+        def fn(mod, args):
+            x = args[0]  # x: [B, T, D]
+            pos = sparsified_positions(x.shape[-2], mod.tokens, mod.last_fraction)
+            s, n = mean_dropped(x[..., pos, :], mod.threshold)
+            sums[name][0] += s.cpu()
+            sums[name][1] += n
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
+    device = next(model.parameters()).device
+    try:
+        with without_spon(model):
+            for ids in tqdm(list(batches), desc="mean dropped input", disable=not progress):
+                model(input_ids=ids.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    for name, m in mods.items():
+        total, count = sums[name]
+        m.alpha.copy_(total / max(1, count))
+    return {name: float(m.alpha.norm()) for name, m in mods.items()}
