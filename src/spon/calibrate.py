@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import SparsityConfig
+from .hooks import collect_inputs
 from .sparsify import dense, sparse_modules
 from .threshold import sample_abs, sparsified_positions, threshold_from_samples
 
@@ -39,23 +39,12 @@ def calibrate_(
     samples: dict[str, list[torch.Tensor]] = {name: [] for name in mods}
     tokens = "all" if config.tokens == "decode" else config.tokens
 
-    def hook(name):
-        def fn(mod, args):
-            x = args[0]  # x: [B, T, D]
-            pos = sparsified_positions(x.shape[-2], tokens, config.last_fraction)
-            samples[name].append(sample_abs(x[..., pos, :], per_call, gen))
+    def record(name, mod, x):  # x: [B, T, D]
+        pos = sparsified_positions(x.shape[-2], tokens, config.last_fraction)
+        samples[name].append(sample_abs(x[..., pos, :], per_call, gen))
 
-        return fn
-
-    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in mods.items()]
-    device = next(model.parameters()).device
-    try:
-        with dense(model):
-            for ids in tqdm(batches, desc="calibrating thresholds", disable=not progress):
-                model(input_ids=ids.to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    with dense(model):
+        collect_inputs(model, batches, record, desc="calibrating thresholds", progress=progress)
     taus = {}
     for name, mod in mods.items():
         tau = threshold_from_samples(torch.cat(samples[name]), config.sparsity_for(name))

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .hooks import collect_inputs
 from .sparsify import sparse_modules, without_spon
 from .threshold import sparsified_positions
 
@@ -33,25 +33,14 @@ def init_alphas_(model: nn.Module, batches: Iterable[torch.Tensor], *, progress:
     mods = sparse_modules(model)
     sums = {name: [torch.zeros(m.in_features), 0] for name, m in mods.items()}
 
-    def hook(name):
-        def fn(mod, args):
-            x = args[0]  # x: [B, T, D]
-            pos = sparsified_positions(x.shape[-2], mod.tokens, mod.last_fraction)
-            s, n = mean_dropped(x[..., pos, :], mod.threshold)
-            sums[name][0] += s.cpu()
-            sums[name][1] += n
+    def record(name, mod, x):  # x: [B, T, D]
+        pos = sparsified_positions(x.shape[-2], mod.tokens, mod.last_fraction)
+        total, n = mean_dropped(x[..., pos, :], mod.threshold)
+        sums[name][0] += total.cpu()
+        sums[name][1] += n
 
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
-    device = next(model.parameters()).device
-    try:
-        with without_spon(model):
-            for ids in tqdm(list(batches), desc="mean dropped input", disable=not progress):
-                model(input_ids=ids.to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    with without_spon(model):
+        collect_inputs(model, batches, record, desc="mean dropped input", progress=progress)
     for name, m in mods.items():
         total, count = sums[name]
         m.alpha.copy_(total / max(1, count))

@@ -1,0 +1,37 @@
+"""Run a model over batches while every `SparseLinear` hands its input to a callback; hooks always removed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .sparse_linear import SparseLinear
+from .sparsify import sparse_modules
+
+__all__ = ["collect_inputs"]
+
+
+@torch.no_grad()
+def collect_inputs(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    fn: Callable[[str, SparseLinear, torch.Tensor], None],
+    *,
+    desc: str,
+    progress: bool = True,
+) -> None:
+    """Forward every batch of input_ids [B, T]; before each `SparseLinear` runs, call fn(name, module, x)."""
+    handles = [
+        mod.register_forward_pre_hook(lambda m, args, name=name: fn(name, m, args[0]))
+        for name, mod in sparse_modules(model).items()
+    ]
+    device = next(model.parameters()).device
+    try:
+        for ids in tqdm(list(batches), desc=desc, disable=not progress):
+            model(input_ids=ids.to(device))
+    finally:
+        for h in handles:
+            h.remove()
