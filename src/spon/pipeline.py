@@ -59,7 +59,8 @@ def calibrate_model(
 ) -> dict:
     """Sparsify and calibrate thresholds on the calibration split; returns the calibration description."""
     ids = tokenize(lm.tokenizer, splits.calibration)
-    seqs = sequences(ids, seq_len, calib_tokens, bos=bos_token_id(lm.tokenizer))
+    bos = bos_token_id(lm.tokenizer)
+    seqs = sequences(ids, seq_len, calib_tokens, bos=bos)
     if len(seqs) == 0:
         raise SponError(f"calibration text has {ids.numel()} tokens, fewer than one {seq_len}-token sequence; give more text")
     sparsify_(lm.model, config)
@@ -70,7 +71,7 @@ def calibrate_model(
         "split": "calibration",
         "tokens": int(seqs.numel()),
         "seq_len": seq_len,
-        "bos": bos_token_id(lm.tokenizer) is not None,
+        "bos": bos is not None,
         "seed": seed,
         "seconds": round(time.time() - t0, 1),
     }
