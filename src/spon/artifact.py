@@ -57,8 +57,11 @@ def save_artifact(model: nn.Module, path: str | Path, identity: dict, **info) ->
             tensors[f"{name}.folded_bias"] = m.folded_bias.detach().cpu().contiguous()
         else:
             tensors[f"{name}.alpha"] = m.alpha.detach().float().cpu().contiguous()
+            if m.neurons is not None:
+                tensors[f"{name}.neurons"] = m.neurons.detach().float().cpu().contiguous()
+                tensors[f"{name}.rates"] = m.rates.detach().float().cpu().contiguous()
     folded = any(m.folded for m in mods.values())
-    has_alpha = folded or any(bool(m.alpha.any()) for m in mods.values())
+    has_alpha = any(m.has_spon for m in mods.values())
     with atomic_file(path / TENSORS_NAME) as tmp:
         save_file(tensors, str(tmp))
         checksum = _sha256(tmp)
@@ -147,5 +150,8 @@ def load_artifact(model: nn.Module, path: str | Path) -> dict:
         else:
             m.folded_bias = None
             m.alpha.copy_(tensors[f"{name}.alpha"])
+        if f"{name}.neurons" in tensors:
+            m.neurons = nn.Parameter(tensors[f"{name}.neurons"].to(m.weight.device), requires_grad=False)
+            m.rates = nn.Parameter(tensors[f"{name}.rates"].to(m.weight.device), requires_grad=False)
     model.spon_config = config
     return meta

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import pipeline
 from .artifact import save_artifact
 from .atomic import ensure_writable_dir
-from .config import SparsityConfig, TrainConfig, check_sparsity
+from .config import SPON_ON, SparsityConfig, TrainConfig, check_sparsity
 from .data import load_splits
 from .errors import SponError
 from .evaluate import EvalProtocol
@@ -30,11 +30,18 @@ def _sparsity(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _sparsities(text: str) -> tuple[float, ...]:
+    values = tuple(_sparsity(t.strip()) for t in text.split(",") if t.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one sparsity, e.g. 0.25,0.5,0.7")
+    return values
+
+
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder, .gguf file, hub id, or {', '.join(EMBEDDED_MODELS)} (default {DEFAULT_MODEL})")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     if data:
-        p.add_argument("--data", default="pydoc", help="text: pydoc (embedded), wikitext2, c4, or a local file/folder")
+        p.add_argument("--data", default="pydoc", help="text: pydoc or stdlib (embedded), wikitext2, c4, or a local file/folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -53,9 +60,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--train-sequences", type=int, default=None, help="distinct training sequences (default steps x batch size)")
+    p.add_argument("--train-sequences", type=int, default=d.train_sequences, help=f"distinct training sequences, reused over epochs (default {d.train_sequences})")
     p.add_argument("--teacher-topk", type=int, default=d.teacher_topk, help=f"teacher log-probs kept per token (default {d.teacher_topk}; 0 = exact KL)")
     p.add_argument("--init", default=d.init, choices=["zeros", "mean-dropped"], help=f"starting vectors (default {d.init})")
+    p.add_argument("--spon-on", default=d.spon_on, choices=list(SPON_ON), help="layers that get a vector (default all; others stay plain sparse)")
+    p.add_argument("--neurons", type=int, default=d.neurons, help="ablation: k output-space spontaneous neurons per layer instead of alpha (default 0 = alpha)")
     p.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -80,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: calibrate 50%% sparsity, train SPON, evaluate, generate, write a report")
     _common(p); _sparsity_args(p); _train_args(p); _eval_args(p)
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+
+    p = sub.add_parser("sweep", help="calibrate, train SPON and evaluate at several sparsities; table + PNG plots")
+    _common(p); _sparsity_args(p); _train_args(p); _eval_args(p)
+    p.add_argument("--sparsities", type=_sparsities, default=(0.25, 0.4, 0.5, 0.6, 0.7), help="comma-separated (default 0.25,0.4,0.5,0.6,0.7)")
+    p.add_argument("--eval-data", default=None, help="evaluate on this corpus's held-out split instead (cross-domain), e.g. stdlib")
+    p.add_argument("--out", default="sweep_out", help="output folder (default sweep_out)")
 
     p = sub.add_parser("calibrate", help="calibrate thresholds and write an artifact")
     _common(p); _sparsity_args(p)
@@ -125,7 +140,7 @@ def _sparsity_config(a) -> SparsityConfig:
 def _train_config(a) -> TrainConfig:
     return TrainConfig(
         lr=a.lr, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, seed=a.seed,
-        train_sequences=a.train_sequences, teacher_topk=a.teacher_topk, init=a.init,
+        train_sequences=a.train_sequences, teacher_topk=a.teacher_topk, init=a.init, spon_on=a.spon_on, neurons=a.neurons,
     )
 
 
@@ -146,6 +161,16 @@ def run(a) -> int:
         )
         pipeline.run_demo(cfg, progress=progress)
         print((Path(a.out) / "report.md").read_text())
+        return 0
+    if a.command == "sweep":
+        from .sweep import SweepConfig, run_sweep
+
+        cfg = SweepConfig(
+            model=a.model, out=a.out, data=a.data, eval_data=a.eval_data, dtype=a.dtype, sparsities=a.sparsities,
+            sparsity=_sparsity_config(a), train=_train_config(a), protocol=_protocol(a), calib_tokens=a.calib_tokens,
+        )
+        run_sweep(cfg, progress=progress)
+        print((Path(a.out) / "sweep.md").read_text())
         return 0
     if a.command in ("calibrate", "train"):
         sparsity = _sparsity_config(a)  # bad options fail before any loading

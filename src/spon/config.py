@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 from .errors import SponError
 
-__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES"]
+__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES", "SPON_ON"]
 
 TOKEN_MODES = ("all", "decode", "last")
 INITS = ("zeros", "mean-dropped")
+SPON_ON = {"all": "", "attention": r"(attn|attention)", "mlp": r"(mlp|ffn|feed_forward)"}  # name regex per choice
 
 
 @dataclass
@@ -69,9 +70,11 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm of the alphas
     eval_every: int = 10  # validation KL every this many steps (and at steps 0 and last)
     val_sequences: int = 4  # validation sequences of seq_len tokens, held out from training
-    train_sequences: int | None = None  # distinct training sequences (None: steps*batch_size, one pass); fewer = epochs
+    train_sequences: int | None = 64  # distinct training sequences, reused over epochs (None: steps*batch_size, one pass)
     teacher_topk: int = 64  # teacher kept as top-k log-probs + rest mass, computed once; 0 = exact KL, teacher every step
     init: str = "zeros"  # starting alphas: "zeros" or "mean-dropped" (E[x - S(x)] per layer, no gradient steps)
+    spon_on: str = "all"  # which sparse linears get a trainable vector: "all", "attention" or "mlp" (ablation)
+    neurons: int = 0  # 0: one input-space vector alpha per layer (SPON); k > 0: k output-space spontaneous neurons (ablation)
     seed: int = 0  # data order and sampling
 
     def __post_init__(self):
@@ -82,6 +85,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):
             if getattr(self, name) < 1:
                 raise SponError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.spon_on not in SPON_ON:
+            raise SponError(f"unknown spon_on {self.spon_on!r}; use one of {', '.join(SPON_ON)}")
+        if self.neurons < 0:
+            raise SponError(f"neurons must be >= 0, got {self.neurons}")
         if self.teacher_topk < 0 or (self.train_sequences is not None and self.train_sequences < 1):
             raise SponError("teacher_topk must be >= 0 and train_sequences >= 1")
 

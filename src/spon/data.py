@@ -10,9 +10,11 @@ import torch
 
 from .errors import SponError
 
-__all__ = ["TextSplits", "load_splits", "tokenize", "sequences", "EMBEDDED", "HUB_DATASETS"]
+__all__ = ["TextSplits", "load_splits", "tokenize", "sequences", "EMBEDDED", "STDLIB", "HUB_DATASETS"]
 
 EMBEDDED = "pydoc"  # CPython's documentation topics (pydoc_data.topics): on every machine with Python
+STDLIB = "stdlib"  # CPython's own source code (top-level Lib/*.py): another domain, also on every machine
+STDLIB_CHARS = 400_000  # first this many characters of the sorted modules (~120k SmolLM2 tokens before the split)
 HUB_DATASETS = ("wikitext2", "c4")
 BLOCK_CHARS = 1500  # paragraphs are grouped into blocks of about this size before the split
 SPLIT_BUCKETS = 20  # a block's sha256 bucket: 0-1 evaluation, 2-3 validation, 4-19 calibration (10/10/80%)
@@ -63,6 +65,22 @@ def _pydoc_docs() -> dict[str, str]:
     return dict(topics)
 
 
+def _stdlib_docs() -> dict[str, str]:
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs, total = {}, 0
+    for f in sorted(root.glob("*.py")):
+        if total >= STDLIB_CHARS:
+            break
+        text = f.read_text(encoding="utf-8", errors="replace")[: STDLIB_CHARS - total]
+        docs[f.name] = text
+        total += len(text)
+    if not docs:
+        raise SponError(f"no Python source found under {root}; use --data pydoc or --data PATH/TO/TEXT")
+    return docs
+
+
 def _local_docs(path: Path) -> dict[str, str]:
     if path.is_file():
         files = [path]
@@ -110,6 +128,9 @@ def load_splits(spec: str = EMBEDDED) -> TextSplits:
     if spec == EMBEDDED:
         cal, val, ev = split_documents(_pydoc_docs())
         source = {"name": "pydoc", "description": "CPython documentation topics (pydoc_data.topics), 80/10/10 split by block"}
+    elif spec == STDLIB:
+        cal, val, ev = split_documents(_stdlib_docs())
+        source = {"name": STDLIB, "description": f"CPython standard library source (Lib/*.py, first {STDLIB_CHARS} chars), 80/10/10 split by block"}
     elif spec in HUB_DATASETS:
         cal, val, ev = _hub_splits(spec)
         source = {"name": spec, "description": f"Hugging Face dataset {spec}, standard splits"}
@@ -117,7 +138,7 @@ def load_splits(spec: str = EMBEDDED) -> TextSplits:
         path = Path(spec)
         if not path.exists():
             raise SponError(
-                f"text source {spec!r} is not a file, a folder, or one of {EMBEDDED}, {', '.join(HUB_DATASETS)}"
+                f"text source {spec!r} is not a file, a folder, or one of {EMBEDDED}, {STDLIB}, {', '.join(HUB_DATASETS)}"
             )
         cal, val, ev = split_documents(_local_docs(path))
         source = {"name": str(path), "description": f"local text {path}, 80/10/10 split by block"}

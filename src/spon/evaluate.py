@@ -99,22 +99,28 @@ def gap_recovered(ppl_dense: float, ppl_sparse: float, ppl_spon: float) -> float
 
 
 def evaluate_variants(
-    model: nn.Module, ids: torch.Tensor, protocol: EvalProtocol, bos: int | None, *, progress: bool = True
+    model: nn.Module, ids: torch.Tensor, protocol: EvalProtocol, bos: int | None, *, progress: bool = True,
+    ppl_dense: float | None = None,
 ) -> dict:
-    """Perplexity of the dense, sparse and (if it has vectors) sparse+SPON model on the same tokens."""
+    """Perplexity of the dense, sparse and (if it has vectors) sparse+SPON model on the same tokens.
+
+    ppl_dense: the dense perplexity on these tokens with this protocol, if already known (sweeps).
+    """
     mods = sparse_modules(model)
     if not mods:
         raise SponError("the model is not sparsified; load an artifact or calibrate first")
-    has_spon = any(m.folded or bool(m.alpha.any()) for m in mods.values())
+    has_spon = any(m.has_spon for m in mods.values())
     config = getattr(model, "spon_config", None)
     out: dict = {"protocol": protocol.to_dict(), "bos": bos is not None}
     if config is not None:
         out["tokens_sparsified"] = config.describe_tokens()
         out["target_sparsity"] = config.sparsity
-    with dense(model):
-        out["ppl_dense"], out["tokens"] = perplexity(model, ids, protocol, bos, progress=progress, desc="dense")
+    if ppl_dense is None:
+        with dense(model):
+            ppl_dense, _ = perplexity(model, ids, protocol, bos, progress=progress, desc="dense")
+    out["ppl_dense"] = ppl_dense
     with without_spon(model), measure_sparsity(model) as sp:
-        out["ppl_sparse"], _ = perplexity(model, ids, protocol, bos, progress=progress, desc="sparse")
+        out["ppl_sparse"], out["tokens"] = perplexity(model, ids, protocol, bos, progress=progress, desc="sparse")
     out["sparsity_measured"] = sp["weighted"]
     out["sparsity_measured_entries"] = sp["entries"]
     out["has_spon"] = has_spon

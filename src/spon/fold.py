@@ -31,5 +31,8 @@ def fold_(model: nn.Module) -> nn.Module:
             mod.folded_bias = folded_bias(mod.matrix, base, mod.alpha)
         else:
             mod.folded_bias = folded_bias(mod.matrix, mod.bias, mod.alpha)
+        if mod.neurons is not None:  # ablation form: its output vector goes into the bias as well
+            mod.folded_bias = (mod.folded_bias.float() + (mod.neurons @ mod.rates).float()).to(mod.folded_bias.dtype)
+            mod.neurons = mod.rates = None
         mod.alpha.zero_()
     return model

@@ -3,6 +3,9 @@
     sparse:  y = W (S(x) + alpha) + b          S(x) = x * (|x| > tau) on the selected tokens
     folded:  y = W S(x) + (b + W alpha)        (same numbers, no extra work)
     dense:   y = W x + b                       (the teacher; `with spon.dense(model):`)
+
+Ablation only: `neurons` [out, k] and `rates` [k] are k spontaneous neurons of the original formulation, each
+with its own output weights, adding `neurons @ rates` to the output (also folded into the bias).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class SparseLinear(nn.Module):
         self.register_buffer("threshold", torch.tensor(-1.0, device=device))  # -1: nothing dropped
         self.alpha = nn.Parameter(torch.zeros(in_features, device=device, dtype=torch.float32), requires_grad=False)
         self.register_buffer("folded_bias", None)  # b + W alpha once folded
+        self.neurons: nn.Parameter | None = None  # ablation: [out, k] output weights of k spontaneous neurons
+        self.rates: nn.Parameter | None = None  # ablation: [k] their constant activations
         self.sparse = True  # False inside `dense(model)`
         self.tokens, self.last_fraction = "all", 0.5
         self.stats: list[float] | None = None  # [zeros, entries] while measuring sparsity
@@ -60,6 +65,7 @@ class SparseLinear(nn.Module):
         mod.weight, mod.bias = linear.weight, linear.bias
         mod.transposed, mod._dense_cls = is_conv1d(linear), type(linear)
         mod.tokens, mod.last_fraction = tokens, last_fraction
+        mod.neurons = mod.rates = None
         return mod
 
     def to_linear(self) -> nn.Module:
@@ -98,7 +104,21 @@ class SparseLinear(nn.Module):
         xs = self.sparse_input(x)
         if self.folded:
             return F.linear(xs, self.matrix, self.folded_bias)
-        return F.linear(xs + self.alpha.to(xs.dtype), self.matrix, self.bias)
+        y = F.linear(xs + self.alpha.to(xs.dtype), self.matrix, self.bias)
+        if self.neurons is not None:
+            y = y + (self.neurons @ self.rates).to(y.dtype)
+        return y
+
+    def spon_output(self) -> torch.Tensor:
+        """What the spontaneous activity adds to the output, W alpha (+ neurons @ rates), in float32: [out]."""
+        out = self.matrix.float() @ self.alpha.float()
+        if self.neurons is not None:
+            out = out + (self.neurons @ self.rates).float()
+        return out
+
+    @property
+    def has_spon(self) -> bool:
+        return self.folded or bool(self.alpha.any()) or (self.neurons is not None and bool((self.neurons @ self.rates).any()))
 
     def extra_repr(self) -> str:
         return (

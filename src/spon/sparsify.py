@@ -111,13 +111,13 @@ def measure_sparsity(model: nn.Module) -> Iterator[dict]:
 def without_spon(model: nn.Module) -> Iterator[nn.Module]:
     """Inside this block the model is plain sparse: alphas read as zero and folded biases are set aside."""
     mods = list(sparse_modules(model).values())
-    saved = [(m.alpha.detach().clone(), m.folded_bias) for m in mods]
+    saved = [(m.alpha.detach().clone(), m.folded_bias, m.neurons) for m in mods]
     for m in mods:
         m.alpha.data.zero_()
-        m.folded_bias = None
+        m.folded_bias = m.neurons = None
     try:
         yield model
     finally:
-        for m, (alpha, fb) in zip(mods, saved):
+        for m, (alpha, fb, neurons) in zip(mods, saved):
             m.alpha.data.copy_(alpha)
-            m.folded_bias = fb
+            m.folded_bias, m.neurons = fb, neurons

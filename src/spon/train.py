@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .config import SPON_ON, TrainConfig
 from .data import sequences
 from .errors import SponError
 from .init import init_alphas_
 from .kl import kl_per_token, kl_topk, topk_teacher
 from .sparsify import dense, sparse_modules
 
-__all__ = ["train_spon_", "TrainResult", "Teacher", "validation_kl", "lr_at"]
+__all__ = ["train_spon_", "TrainResult", "Teacher", "validation_kl", "lr_at", "spon_parameters_"]
 
 
 @dataclass
@@ -41,6 +42,33 @@ def lr_at(step: int, config: TrainConfig) -> float:
         return config.lr * step / max(1, config.warmup)
     frac = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def spon_parameters_(model: nn.Module, config: TrainConfig) -> list[nn.Parameter]:
+    """The tensors training will update: each selected layer's alpha, or (ablation) its k neurons and rates.
+
+    Layers that `config.spon_on` leaves out keep zero vectors. Neurons are created here when asked for:
+    output weights ~ N(0, 1/k) (seeded), rates 0, so training starts from plain sparsity.
+    """
+    pattern = SPON_ON[config.spon_on]
+    gen = torch.Generator().manual_seed(config.seed + 2)
+    params: list[nn.Parameter] = []
+    for name, m in sparse_modules(model).items():
+        if pattern and not re.search(pattern, name):
+            with torch.no_grad():
+                m.alpha.zero_()
+            continue
+        if config.neurons:
+            if m.neurons is None or m.neurons.shape[1] != config.neurons:
+                u = torch.randn(m.out_features, config.neurons, generator=gen) / config.neurons**0.5
+                m.neurons = nn.Parameter(u.to(m.alpha.device), requires_grad=False)
+                m.rates = nn.Parameter(torch.zeros(config.neurons, device=m.alpha.device), requires_grad=False)
+            params += [m.neurons, m.rates]
+        else:
+            params.append(m.alpha)
+    if not params:
+        raise SponError(f"no sparse layer name matches spon_on={config.spon_on!r} ({pattern}); use spon_on='all'")
+    return params
 
 
 class Teacher:
@@ -117,20 +145,22 @@ def train_spon_(
         )
     model.eval()
     frozen = [(p, p.requires_grad) for p in model.parameters()]
-    alphas = [m.alpha for m in mods.values()]
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
         if config.init == "mean-dropped":
             init_alphas_(model, train_seqs[: max(1, 8192 // config.seq_len)].split(config.batch_size), progress=progress)
+        alphas = spon_parameters_(model, config)
         val = Teacher(model, val_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (validation)")
         train = Teacher(model, train_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (training)")
         result = _optimise(model, alphas, train, val, config, progress)
     finally:
         for p, req in frozen:
             p.requires_grad_(req)
-        for a in alphas:
-            a.requires_grad_(False)
+        for m in mods.values():
+            for p in (m.alpha, m.neurons, m.rates):
+                if p is not None:
+                    p.requires_grad_(False)
     return result
 
 

@@ -1,0 +1,80 @@
+"""PNG plots of sweep results (matplotlib, no display needed). Each function returns the file names written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .atomic import atomic_file
+
+__all__ = ["plot_sweep"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_sweep(r: dict, out: Path) -> list[str]:
+    """perplexity.png, gap_recovered.png and spon_norms.png for a sweep report."""
+    from .sweep import layer_and_kind
+
+    plt = _plt()
+    rows = sorted(r["rows"], key=lambda x: x["sparsity"])
+    s = [x["sparsity"] * 100 for x in rows]
+    names = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axhline(r["ppl_dense"], color="k", ls="--", label=f"dense ({r['ppl_dense']:.2f})")
+    ax.plot(s, [x["ppl_sparse"] for x in rows], "o-", label="sparse")
+    ax.plot([a for a, x in zip(s, rows) if x["ppl_spon"]], [x["ppl_spon"] for x in rows if x["ppl_spon"]], "s-", label="sparse + SPON")
+    if r.get("iso_reference_ppl"):
+        ax.axhline(r["iso_reference_ppl"], color="gray", lw=0.8)
+        if r.get("iso_sparsity") is not None:
+            ax.axvline(r["iso_sparsity"] * 100, color="gray", ls=":", label=f"iso-perplexity sparsity {r['iso_sparsity']:.1%}")
+    ax.set_yscale("log")
+    ax.set_xlabel("target sparsity (%)")
+    ax.set_ylabel("held-out perplexity (log scale)")
+    ax.set_title(r["model"]["name"])
+    ax.legend()
+    _save(fig, out / "perplexity.png")
+    plt.close(fig)
+    names.append("perplexity.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    g = [(a, x["gap_recovered"] * 100) for a, x in zip(s, rows) if x["gap_recovered"] is not None]
+    ax.plot([a for a, _ in g], [b for _, b in g], "o-")
+    ax.set_xlabel("target sparsity (%)")
+    ax.set_ylabel("perplexity gap recovered by SPON (%)")
+    ax.set_ylim(min(0, *[b for _, b in g]) if g else 0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(r["model"]["name"])
+    _save(fig, out / "gap_recovered.png")
+    plt.close(fig)
+    names.append("gap_recovered.png")
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.5), sharey=True, squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        by_kind: dict[str, list[tuple[int, float]]] = {}
+        for name, norm in row["spon_norms"].items():
+            layer, kind = layer_and_kind(name)
+            by_kind.setdefault(kind, []).append((layer, norm))
+        for kind, pts in sorted(by_kind.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ".-", label=kind)
+        ax.set_title(f"{row['sparsity']:.0%} sparsity")
+        ax.set_xlabel("layer")
+    axes[0][0].set_ylabel("||W alpha||")
+    axes[0][-1].legend(fontsize=7)
+    _save(fig, out / "spon_norms.png")
+    plt.close(fig)
+    names.append("spon_norms.png")
+    return names
