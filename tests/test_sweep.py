@@ -128,3 +128,15 @@ def test_sweep_rejects_bad_sparsity_list(capsys, tmp_path):
         main(["sweep", "--sparsities", "0.5,1.2", "--out", str(tmp_path / "x")])
     code = e.value.code
     assert code == 2 and "sparsity must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_bench_step_reports_both_timings(capsys, model_folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(4000, distinct=8))
+    out = tmp_path / "b" / "step.json"
+    code = main(["bench", "step", "--model", str(model_folder), "--data", str(text), "--quiet", "--calib-tokens", "256",
+                 "--seq-len", "32", "--batch-size", "2", "--repeats", "2", "--out", str(out)])
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert len(r["seconds_all"]["spon_step"]) == 2 and r["spon_step_over_plain_fwd_bwd"] > 0
+    assert r["batch"] == [2, 32]

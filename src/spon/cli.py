@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default=None, help="evaluate on this corpus's held-out split instead (cross-domain), e.g. stdlib")
     p.add_argument("--out", default="sweep_out", help="output folder (default sweep_out)")
 
+    p = sub.add_parser("bench", help="benchmarks, measured side by side in one run (JSON)")
+    bench = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    b = bench.add_parser("step", help="one SPON training step vs one plain forward+backward of the sparse model")
+    _common(b); _sparsity_args(b); _train_args(b)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--out", default=None, help="write the JSON here too")
+
     p = sub.add_parser("calibrate", help="calibrate thresholds and write an artifact")
     _common(p); _sparsity_args(p)
     p.add_argument("--out", required=True, help="artifact folder to write")
@@ -148,6 +155,37 @@ def _protocol(a) -> EvalProtocol:
     return EvalProtocol(ctx_len=a.ctx_len, stride=a.stride or a.ctx_len, max_tokens=a.max_tokens)
 
 
+def _write_json(path: str | None, obj: dict) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    if path:
+        from .atomic import write_text
+
+        ensure_writable_dir(Path(path).parent)
+        write_text(Path(path), text)
+    print(text)
+
+
+def _bench(a, progress: bool) -> int:
+    if a.bench == "step":
+        from .bench_step import bench_step
+        from .data import sequences, tokenize
+        from .evaluate import bos_token_id
+
+        sparsity, train = _sparsity_config(a), _train_config(a)
+        if a.out:
+            ensure_writable_dir(Path(a.out).parent)
+        splits = load_splits(a.data)
+        lm, _ = pipeline.open_model(a.model, a.dtype)
+        pipeline.calibrate_model(lm, splits, sparsity, calib_tokens=a.calib_tokens, progress=progress)
+        seqs = sequences(tokenize(lm.tokenizer, splits.calibration), train.seq_len, bos=bos_token_id(lm.tokenizer))
+        if len(seqs) < train.batch_size:
+            raise SponError(f"need {train.batch_size} sequences of {train.seq_len} tokens for one batch; give more text")
+        res = bench_step(lm.model, seqs[: train.batch_size], train, repeats=a.repeats)
+        _write_json(a.out, {"benchmark": "step", "model": lm.identity, "sparsity": sparsity.sparsity, **res, "machine": pipeline.machine()})
+        return 0
+    raise SponError(f"unknown benchmark {a.bench!r}")
+
+
 def run(a) -> int:
     progress = not a.quiet
     if a.quiet:
@@ -172,6 +210,8 @@ def run(a) -> int:
         run_sweep(cfg, progress=progress)
         print((Path(a.out) / "sweep.md").read_text())
         return 0
+    if a.command == "bench":
+        return _bench(a, progress)
     if a.command in ("calibrate", "train"):
         sparsity = _sparsity_config(a)  # bad options fail before any loading
         train = _train_config(a) if a.command == "train" else None
