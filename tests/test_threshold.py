@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spon.threshold import apply_to_positions, sample_abs, sparsified_positions, sparsify, threshold_from_samples
+from spon.threshold import apply_to_positions, sparsified_positions, sparsify, threshold_from_samples
 
 
 def test_sparsify_zeroes_entries_at_or_below_threshold():
@@ -20,13 +20,6 @@ def test_threshold_hits_target_fraction(s):
 def test_threshold_zero_sparsity_drops_nothing():
     x = torch.zeros(10)
     assert float((x.abs() <= threshold_from_samples(x, 0.0)).sum()) == 0
-
-
-def test_sample_abs_bounds_and_values():
-    x = -torch.arange(1000.0)
-    s = sample_abs(x, 100, torch.Generator().manual_seed(0))
-    assert s.numel() == 100 and bool((s >= 0).all()) and set(s.tolist()) <= set(range(1000))
-    assert sample_abs(x, 5000, torch.Generator()).numel() == 1000
 
 
 def test_positions_modes():

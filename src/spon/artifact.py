@@ -62,24 +62,23 @@ def save_artifact(model: nn.Module, path: str | Path, identity: dict, **info) ->
                 tensors[f"{name}.rates"] = m.rates.detach().float().cpu().contiguous()
     folded = any(m.folded for m in mods.values())
     has_alpha = any(m.has_spon for m in mods.values())
-    with atomic_file(path / TENSORS_NAME) as tmp:
-        save_file(tensors, str(tmp))
-        checksum = _sha256(tmp)
     config = getattr(model, "spon_config", None) or SparsityConfig()
-    meta = {
-        "format": "spon",
-        "version": FORMAT_VERSION,
-        "base_model": identity,
-        "modules": {name: [m.out_features, m.in_features] for name, m in mods.items()},
-        "sparsity": config.to_dict(),
-        "tokens": config.describe_tokens(),
-        "folded": folded,
-        "has_spon": has_alpha,
-        "checksum_sha256": checksum,
-        **info,
-    }
-    with atomic_file(path / CONFIG_NAME) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
+    # both files appear together: tensors renamed into place first, then the config that names their checksum
+    with atomic_file(path / CONFIG_NAME) as tmp_cfg, atomic_file(path / TENSORS_NAME) as tmp:
+        save_file(tensors, str(tmp))
+        meta = {
+            "format": "spon",
+            "version": FORMAT_VERSION,
+            "base_model": identity,
+            "modules": {name: [m.out_features, m.in_features] for name, m in mods.items()},
+            "sparsity": config.to_dict(),
+            "tokens": config.describe_tokens(),
+            "folded": folded,
+            "has_spon": has_alpha,
+            "checksum_sha256": _sha256(tmp),
+            **info,
+        }
+        tmp_cfg.write_text(json.dumps(meta, indent=2, default=str))
     return path
 
 

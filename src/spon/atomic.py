@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -25,6 +26,19 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _write_error(e: BaseException, path: Path) -> SponError | None:
+    """A one-line error for a failed write (out of disk, permissions), or None if it is not a write error."""
+    text = str(e)
+    if (isinstance(e, OSError) and e.errno in _NO_SPACE) or "No space left" in text or "code: 28" in text:
+        return SponError(f"out of disk space while writing {path}; free some space or choose another --out (nothing was left behind)")
+    if isinstance(e, OSError) and not isinstance(e, SponError):
+        return SponError(f"cannot write {path} ({e.strerror or e}); choose a writable --out (nothing was left behind)")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path):
     """Yield a temporary path next to `path`; on success it is renamed onto `path`, on failure removed."""
@@ -34,9 +48,12 @@ def atomic_file(path: str | Path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        err = _write_error(e, path)
+        if err is not None:
+            raise err from None
         raise
 
 
@@ -55,8 +72,11 @@ def atomic_dir(path: str | Path):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        err = _write_error(e, path)
+        if err is not None:
+            raise err from None
         raise
 
 

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p); _sparsity_args(p); _train_args(p)
     p.add_argument("--artifact", help="start from this calibrated artifact")
     p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="write OUT/checkpoint.pt every N steps (default 10)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt after a crash or kill")
 
     p = sub.add_parser("eval", help="perplexity of dense, sparse and sparse+SPON on the held-out split")
     _common(p); _eval_args(p)
@@ -213,8 +215,13 @@ def run(a) -> int:
     if a.command == "bench":
         return _bench(a, progress)
     if a.command in ("calibrate", "train"):
+        from . import distributed as dd
+
         sparsity = _sparsity_config(a)  # bad options fail before any loading
         train = _train_config(a) if a.command == "train" else None
+        ckpt = Path(a.out) / "checkpoint.pt" if train is not None else None
+        if train is not None and a.resume and not ckpt.is_file():
+            raise SponError(f"nothing to resume: no checkpoint at {ckpt}; run without --resume")
         ensure_writable_dir(a.out)
         splits = load_splits(a.data)
         lm, meta = pipeline.open_model(a.model, a.dtype, getattr(a, "artifact", None))
@@ -222,9 +229,16 @@ def run(a) -> int:
         if not meta:
             info["calibration"] = pipeline.calibrate_model(lm, splits, sparsity, calib_tokens=a.calib_tokens, progress=progress)
         if train is not None:
-            info["training"] = pipeline.train_model(lm, splits, train, progress=progress)
-        save_artifact(lm.model, a.out, lm.identity, **info)
-        print(f"spon: wrote {a.out}")
+            info["training"] = pipeline.train_model(
+                lm, splits, train, progress=progress, checkpoint=ckpt, checkpoint_every=a.checkpoint_every, resume=a.resume,
+            )
+            info["training"]["processes"] = dd.world_size()
+        if dd.is_main():
+            save_artifact(lm.model, a.out, lm.identity, **info)
+            if ckpt is not None and ckpt.is_file():
+                ckpt.unlink()  # the artifact is whole: the checkpoint has done its job
+            print(f"spon: wrote {a.out}")
+        dd.barrier()
         return 0
     if a.command == "eval":
         lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact)
@@ -260,6 +274,9 @@ def run(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .distributed import init_from_env
+
+        init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPUs)
         return run(args)
     except SponError as e:
         print(f"spon: error: {e}", file=sys.stderr)

@@ -29,8 +29,9 @@ def collect_inputs(
         for name, mod in sparse_modules(model).items()
     ]
     device = next(model.parameters()).device
+    total = len(batches) if hasattr(batches, "__len__") else None
     try:
-        for ids in tqdm(list(batches), desc=desc, disable=not progress):
+        for ids in tqdm(batches, desc=desc, total=total, disable=not progress):  # lazily: batches may be a stream
             model(input_ids=ids.to(device))
     finally:
         for h in handles:

@@ -77,12 +77,16 @@ def calibrate_model(
     }
 
 
-def train_model(lm: LoadedModel, splits: TextSplits, config: TrainConfig, *, progress: bool = True) -> dict:
+def train_model(
+    lm: LoadedModel, splits: TextSplits, config: TrainConfig, *, progress: bool = True, checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10, resume: bool = False,
+) -> dict:
     """Train SPON vectors on the calibration split, keeping the best by KL on the validation split."""
     t0 = time.time()
     result = train_spon_(
         lm.model, tokenize(lm.tokenizer, splits.calibration), tokenize(lm.tokenizer, splits.validation), config,
-        bos=bos_token_id(lm.tokenizer), progress=progress,
+        bos=bos_token_id(lm.tokenizer), progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        resume=resume,
     )
     return {"config": config.to_dict(), "result": result.to_dict(), "data": splits.source, "seconds": round(time.time() - t0, 1)}
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["sparsify", "threshold_from_samples", "sample_abs", "sparsified_positions", "apply_to_positions"]
+__all__ = ["sparsify", "threshold_from_samples", "sparsified_positions", "apply_to_positions"]
 
 
 def sparsify(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -24,15 +24,6 @@ def threshold_from_samples(samples: torch.Tensor, sparsity: float) -> torch.Tens
         return torch.tensor(-1.0)  # nothing is <= -1: no entry is dropped
     k = max(1, min(samples.numel(), math.ceil(sparsity * samples.numel())))
     return samples.kthvalue(k).values
-
-
-def sample_abs(x: torch.Tensor, max_samples: int, generator: torch.Generator) -> torch.Tensor:
-    """A uniform random subset (at most `max_samples`) of |x|, flattened, in float32."""
-    flat = x.detach().reshape(-1)
-    if flat.numel() > max_samples:
-        idx = torch.randint(flat.numel(), (max_samples,), generator=generator, device="cpu").to(flat.device)
-        flat = flat[idx]
-    return flat.abs().float().cpu()
 
 
 def sparsified_positions(seq_len: int, tokens: str, last_fraction: float) -> slice:

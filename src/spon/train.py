@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as dd
+from .atomic import atomic_file
 from .config import SPON_ON, TrainConfig
 from .data import sequences
 from .errors import SponError
@@ -71,6 +75,17 @@ def spon_parameters_(model: nn.Module, config: TrainConfig) -> list[nn.Parameter
     return params
 
 
+def _gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
+    """Reassemble rows computed process by process (process r holds rows r, r + world, ...) into [n, ...]."""
+    world = dd.world_size()
+    if world == 1:
+        return local
+    full = torch.empty(n, *local.shape[1:], dtype=local.dtype)
+    for r, part in enumerate(dd.all_gather_variable(local.reshape(-1))):
+        full[r::world] = part.view(-1, *local.shape[1:])
+    return full
+
+
 class Teacher:
     """The dense model's output distribution on a fixed set of sequences, computed once.
 
@@ -82,14 +97,19 @@ class Teacher:
     def __init__(self, model: nn.Module, seqs: torch.Tensor, k: int, batch_size: int, *, progress: bool = False, desc: str = "teacher"):
         self.model, self.seqs, self.k = model, seqs, k
         self.device = next(model.parameters()).device
-        parts: list[tuple[torch.Tensor, ...]] = []
+        self.cache: tuple[torch.Tensor, ...] = ()  # values [N, T, k], indices [N, T, k], log_rest [N, T]
         if k > 0:
-            for i in tqdm(range(0, len(seqs), batch_size), desc=desc, disable=not progress, leave=False):
+            world, me = dd.world_size(), dd.rank()
+            mine = torch.arange(me, len(seqs), world)  # data parallel: each process computes every world-th sequence
+            parts: list[tuple[torch.Tensor, ...]] = []
+            for rows in tqdm(mine.split(batch_size), desc=desc, disable=not progress, leave=False):
                 with torch.no_grad(), dense(model):
-                    logits = model(input_ids=seqs[i : i + batch_size].to(self.device)).logits
+                    logits = model(input_ids=seqs[rows].to(self.device)).logits
                 parts.append(tuple(t.cpu() for t in topk_teacher(logits, k)))
-        # values [N, T, k], indices [N, T, k], log_rest [N, T]
-        self.cache = tuple(torch.cat(ts) for ts in zip(*parts)) if parts else ()
+            local = [torch.cat(ts) for ts in zip(*parts)] if parts else [
+                torch.zeros(0, seqs.shape[1], k), torch.zeros(0, seqs.shape[1], k, dtype=torch.long), torch.zeros(0, seqs.shape[1])
+            ]
+            self.cache = tuple(_gather_rows(t, len(seqs)) for t in local)
 
     def kl(self, rows: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
         """KL(teacher || student) for the sequences `rows` (indices into seqs), mean over tokens."""
@@ -121,6 +141,10 @@ def train_spon_(
     *,
     bos: int | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the alphas of every `SparseLinear` in place; every other weight stays frozen.
 
@@ -128,6 +152,12 @@ def train_spon_(
     sequence starts with that token, as evaluation windows do.
     The alphas with the lowest validation KL are kept, zero vectors and the starting ones included,
     so training never leaves the model worse on validation than plain sparsity.
+
+    checkpoint: a file written (atomically, by process 0) every `checkpoint_every` steps with the vectors,
+    optimiser state, step, data position and RNG state; `resume=True` continues from it to the same result
+    as an uninterrupted run. Under torch.distributed (torchrun) each process takes an equal share of every
+    batch and the gradients are averaged, which equals one process on the whole batch.
+    on_step(step) is called after every optimiser step.
     """
     config = config or TrainConfig()
     mods = sparse_modules(model)
@@ -153,7 +183,11 @@ def train_spon_(
         alphas = spon_parameters_(model, config)
         val = Teacher(model, val_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (validation)")
         train = Teacher(model, train_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (training)")
-        result = _optimise(model, alphas, train, val, config, progress)
+        ckpt = _Checkpointer(Path(checkpoint), checkpoint_every, config, mods) if checkpoint else None
+        state = ckpt.load() if ckpt and resume else None
+        if resume and state is None:
+            raise SponError(f"nothing to resume: no checkpoint at {checkpoint}; run without --resume")
+        result = _optimise(model, alphas, train, val, config, progress and dd.is_main(), ckpt, state, on_step)
     finally:
         for p, req in frozen:
             p.requires_grad_(req)
@@ -164,7 +198,64 @@ def train_spon_(
     return result
 
 
-def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, progress: bool) -> TrainResult:
+CHECKPOINT_VERSION = 1
+
+
+class _Checkpointer:
+    """Training state on disk: written atomically by process 0, so a kill leaves the previous one whole."""
+
+    def __init__(self, path: Path, every: int, config: TrainConfig, mods: dict):
+        if every < 1:
+            raise SponError(f"checkpoint_every must be at least 1, got {every}")
+        self.path, self.every, self.config, self.mods = path, every, config, mods
+
+    def _identity(self) -> dict:
+        return {"config": self.config.to_dict(), "modules": {n: [m.out_features, m.in_features] for n, m in self.mods.items()},
+                "world_size": dd.world_size()}
+
+    def save(self, step: int, pos: int, alphas, opt, best_state, result: "TrainResult") -> None:
+        if not dd.is_main():
+            return
+        state = {
+            "version": CHECKPOINT_VERSION, **self._identity(), "step": step, "pos": pos,
+            "params": [a.detach().cpu().clone() for a in alphas], "optimizer": opt.state_dict(),
+            "best_state": [b.cpu() for b in best_state], "result": result.to_dict(), "rng": torch.get_rng_state(),
+            "thresholds": {n: float(m.threshold) for n, m in self.mods.items()},
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated or foreign file
+            raise SponError(f"cannot read checkpoint {self.path} ({type(e).__name__}); delete it and train again") from None
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise SponError(f"checkpoint {self.path} has format {state.get('version')}, this spon reads {CHECKPOINT_VERSION}")
+        mine = self._identity()
+        for key in ("config", "modules", "world_size"):
+            if state.get(key) != mine[key]:
+                raise SponError(
+                    f"checkpoint {self.path} was written with another {key.replace('_', ' ')} than this run; "
+                    "resume with the same options and processes, or delete the checkpoint"
+                )
+        return state
+
+    def remove(self) -> None:
+        if dd.is_main() and self.path.is_file():
+            self.path.unlink()
+
+
+def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, progress: bool,
+              ckpt: _Checkpointer | None = None, state: dict | None = None, on_step=None) -> TrainResult:
+    world, me = dd.world_size(), dd.rank()
+    if config.batch_size % world:
+        raise SponError(f"batch_size {config.batch_size} must be a multiple of the {world} processes")
+    if state is not None:
+        return _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, resume=state)
     start = [a.detach().clone() for a in alphas]
     best_state, best, kept = start, validation_kl(model, val, config.batch_size), "start"
     val_start = best
@@ -182,28 +273,50 @@ def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, 
                 a.copy_(s)
     result = TrainResult(val_kl_start=val_start, val_kl_best=best, best_step=0, steps_run=0, kept=kept)
     result.history.append({"step": 0, "val_kl": val_start})
+    return _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, result=result, best_state=best_state)
+
+
+def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, result=None, best_state=None, resume=None):
+    world, me = dd.world_size(), dd.rank()
     for a in alphas:
         a.requires_grad_(True)
     opt = torch.optim.Adam(alphas, lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed + 1)
     order = torch.randperm(len(train.seqs), generator=gen)
-    pos = 0
-    bar = tqdm(range(1, config.steps + 1), desc="training SPON", disable=not progress)
+    pos, first = 0, 1
+    if resume is not None:
+        with torch.no_grad():
+            for a, saved in zip(alphas, resume["params"]):
+                a.copy_(saved)
+            for name, m in ckpt.mods.items():
+                m.threshold.fill_(resume["thresholds"][name])
+        opt.load_state_dict(resume["optimizer"])
+        best_state = [b.to(a.device) for a, b in zip(alphas, resume["best_state"])]
+        result = TrainResult(**resume["result"])
+        pos, first = resume["pos"], resume["step"] + 1
+        torch.set_rng_state(resume["rng"])
+    bar = tqdm(range(first, config.steps + 1), desc="training SPON", disable=not progress, initial=first - 1, total=config.steps)
     for step in bar:
         rows = order[torch.arange(pos, pos + config.batch_size) % len(order)]  # wraps into the next epoch
         pos = (pos + config.batch_size) % len(order)
+        rows = rows[me::world]  # this process's share of the global batch
         loss = train.kl(rows, model(input_ids=train.seqs[rows].to(train.device)).logits)
-        if not torch.isfinite(loss):
+        finite = torch.tensor([float(torch.isfinite(loss))])
+        dd.all_reduce_mean_([finite])
+        if float(finite) < 1.0:
             result.stopped = f"non-finite loss at step {step}; kept the vectors of step {result.best_step} ({result.kept})"
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, config)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        dd.all_reduce_mean_([a.grad for a in alphas if a.grad is not None])
         torch.nn.utils.clip_grad_norm_(alphas, config.grad_clip)
         opt.step()
         result.steps_run = step
-        record = {"step": step, "loss": loss.item(), "lr": lr_at(step, config)}
+        mean_loss = loss.detach().reshape(1).clone()
+        dd.all_reduce_mean_([mean_loss])
+        record = {"step": step, "loss": float(mean_loss), "lr": lr_at(step, config)}
         if step % config.eval_every == 0 or step == config.steps:
             record["val_kl"] = v = validation_kl(model, val, config.batch_size)
             if v < result.val_kl_best:
@@ -211,6 +324,10 @@ def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, 
                 best_state = [a.detach().clone() for a in alphas]
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{result.val_kl_best:.4f}")
+        if ckpt is not None and (step % ckpt.every == 0) and step < config.steps:
+            ckpt.save(step, pos, alphas, opt, best_state, result)
+        if on_step is not None:
+            on_step(step)
     with torch.no_grad():
         for a, b in zip(alphas, best_state):
             a.copy_(b)
