@@ -75,3 +75,8 @@ def test_gguf_conversion_is_cached(monkeypatch, tmp_path, model_folder):
     assert calls == ["m.gguf"]  # dequantised once
     assert a.folder == b.folder and a.folder.parent == tmp_path / "cache"
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_device_map_goes_through_accelerate(model_folder):
+    lm = spon.load_model(str(model_folder), device_map="cpu")
+    assert getattr(lm.model, "hf_device_map", None) == {"": "cpu"}

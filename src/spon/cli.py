@@ -40,6 +40,7 @@ def _sparsities(text: str) -> tuple[float, ...]:
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder, .gguf file, hub id, or {', '.join(EMBEDDED_MODELS)} (default {DEFAULT_MODEL})")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device-map", default=None, help="split a large model across devices with accelerate, e.g. auto")
     if data:
         p.add_argument("--data", default="pydoc", help="text: pydoc or stdlib (embedded), wikitext2, c4, or a local file/folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -177,7 +178,7 @@ def _bench(a, progress: bool) -> int:
         if a.out:
             ensure_writable_dir(Path(a.out).parent)
         splits = load_splits(a.data)
-        lm, _ = pipeline.open_model(a.model, a.dtype)
+        lm, _ = pipeline.open_model(a.model, a.dtype, None, a.device_map)
         pipeline.calibrate_model(lm, splits, sparsity, calib_tokens=a.calib_tokens, progress=progress)
         seqs = sequences(tokenize(lm.tokenizer, splits.calibration), train.seq_len, bos=bos_token_id(lm.tokenizer))
         if len(seqs) < train.batch_size:
@@ -224,7 +225,7 @@ def run(a) -> int:
             raise SponError(f"nothing to resume: no checkpoint at {ckpt}; run without --resume")
         ensure_writable_dir(a.out)
         splits = load_splits(a.data)
-        lm, meta = pipeline.open_model(a.model, a.dtype, getattr(a, "artifact", None))
+        lm, meta = pipeline.open_model(a.model, a.dtype, getattr(a, "artifact", None), a.device_map)
         info = {"calibration": meta["calibration"]} if meta and "calibration" in meta else {}
         if not meta:
             info["calibration"] = pipeline.calibrate_model(lm, splits, sparsity, calib_tokens=a.calib_tokens, progress=progress)
@@ -241,7 +242,7 @@ def run(a) -> int:
         dd.barrier()
         return 0
     if a.command == "eval":
-        lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact)
+        lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact, a.device_map)
         if meta is None:
             raise SponError("nothing to evaluate: pass --artifact (from `spon calibrate`/`spon train`) or an exported model folder")
         res = pipeline.evaluate_model(lm, load_splits(a.data), _protocol(a), progress=progress)
@@ -259,7 +260,7 @@ def run(a) -> int:
     if a.command == "generate":
         from .sparsify import dense
 
-        lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact)
+        lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact, a.device_map)
         if meta is None and not a.dense:
             raise SponError("no sparsity to apply: pass --artifact, an exported model folder, or --dense")
         if a.dense:

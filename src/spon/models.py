@@ -88,8 +88,20 @@ def _gguf_to_folder(gguf: Path) -> Path:
     return folder
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
-    """Load a causal LM and its tokenizer from an embedded name, a .gguf file, a local folder or a hub id."""
+def _auto_device() -> str:
+    import os
+
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "auto", device_map: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer from an embedded name, a .gguf file, a local folder or a hub id.
+
+    device "auto": this process's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU.
+    device_map (e.g. "auto"): split a model too large for one device across devices with accelerate instead.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
@@ -112,12 +124,15 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = 
     source = str(folder) if folder is not None else spec
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        extra = {"device_map": device_map} if device_map else {}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
     except Exception as e:  # a missing hub id, no network, or a broken folder all end here
         where = "the folder" if folder is not None else "the hub (no local folder of that name)"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SponError(f"cannot load model {spec!r} from {where}: {first[:200]}; {_MODEL_KINDS}") from None
-    model.to(device).eval()
+    if not device_map:
+        model.to(_auto_device() if device == "auto" else device)
+    model.eval()
     identity = {
         "name": spec,
         "architecture": type(model).__name__,

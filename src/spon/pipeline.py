@@ -42,9 +42,11 @@ def machine() -> dict:
     }
 
 
-def open_model(spec: str, dtype: str = "float32", artifact: str | None = None) -> tuple[LoadedModel, dict | None]:
+def open_model(
+    spec: str, dtype: str = "float32", artifact: str | None = None, device_map: str | None = None
+) -> tuple[LoadedModel, dict | None]:
     """Load a model, and an artifact onto it: the one given, or the one inside an exported folder."""
-    lm = load_model(spec, dtype)
+    lm = load_model(spec, dtype, device_map=device_map)
     meta = None
     if artifact is not None:
         meta = load_artifact(lm.model, artifact)
