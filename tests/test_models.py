@@ -77,6 +77,19 @@ def test_gguf_conversion_is_cached(monkeypatch, tmp_path, model_folder):
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary left
 
 
-def test_device_map_goes_through_accelerate(model_folder):
-    lm = spon.load_model(str(model_folder), device_map="cpu")
-    assert getattr(lm.model, "hf_device_map", None) == {"": "cpu"}
+def test_device_map_goes_through_accelerate(model_folder, monkeypatch):
+    import transformers
+
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    lm = spon.load_model(str(model_folder), device_map="auto")
+    assert seen["device_map"] == "auto" and lm.model.device.type == "cpu"
+    seen.clear()
+    spon.load_model(str(model_folder))
+    assert "device_map" not in seen
