@@ -133,10 +133,10 @@ def test_sweep_rejects_bad_sparsity_list(capsys, tmp_path):
 def test_bench_step_reports_both_timings(capsys, model_folder, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(random_text(4000, distinct=8))
-    out = tmp_path / "b" / "step.json"
+    out = tmp_path / "b"
     code = main(["bench", "step", "--model", str(model_folder), "--data", str(text), "--quiet", "--calib-tokens", "256",
                  "--seq-len", "32", "--batch-size", "2", "--repeats", "2", "--out", str(out)])
     assert code == 0
-    r = json.loads(out.read_text())
+    r = json.loads((out / "step.json").read_text())
     assert len(r["seconds_all"]["spon_step"]) == 2 and r["spon_step_over_plain_fwd_bwd"] > 0
     assert r["batch"] == [2, 32]

@@ -102,7 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("step", help="one SPON training step vs one plain forward+backward of the sparse model")
     _common(b); _sparsity_args(b); _train_args(b)
     b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--out", default=None, help="write the JSON here too")
+    b.add_argument("--out", default=None, help="folder for step.json")
+    b = bench.add_parser("gemv", help="sparse GEMV kernel vs dense F.linear, itself at 0%% and plain torch; GB/s")
+    b.add_argument("--shapes", default="4096x14336,14336x4096", help="OUTxIN,... (default 4096x14336,14336x4096)")
+    b.add_argument("--sparsities", type=_sparsities, default=(0.0, 0.25, 0.5, 0.7, 0.9))
+    b.add_argument("--dtypes", default="float32,bfloat16")
+    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--out", default=None, help="folder for gemv.json and gemv.png")
+    b = bench.add_parser("decode", help="batch-1 greedy decoding: dense vs sparse vs sparse+folded SPON, tokens/s")
+    _common(b); _sparsity_args(b)
+    b.add_argument("--artifact", help="thresholds + SPON vectors to serve (default: calibrate --sparsity, no SPON)")
+    b.add_argument("--dtypes", default="float32,bfloat16")
+    b.add_argument("--new-tokens", type=int, default=64)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--prompt", default="In Python, a list comprehension")
+    b.add_argument("--out", default=None, help="folder for decode.json and decode.png")
 
     p = sub.add_parser("calibrate", help="calibrate thresholds and write an artifact")
     _common(p); _sparsity_args(p)
@@ -158,14 +173,31 @@ def _protocol(a) -> EvalProtocol:
     return EvalProtocol(ctx_len=a.ctx_len, stride=a.stride or a.ctx_len, max_tokens=a.max_tokens)
 
 
-def _write_json(path: str | None, obj: dict) -> None:
+def _write_json(folder: str | None, name: str, obj: dict) -> None:
     text = json.dumps(obj, indent=2, default=str)
-    if path:
+    if folder:
         from .atomic import write_text
 
-        ensure_writable_dir(Path(path).parent)
-        write_text(Path(path), text)
+        write_text(ensure_writable_dir(folder) / name, text)
     print(text)
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    try:
+        shapes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise SponError(f"--shapes {text!r} must look like OUTxIN[,OUTxIN...], e.g. 4096x14336")
+    return shapes  # type: ignore[return-value]
+
+
+def _dtypes(text: str, allowed: tuple[str, ...]) -> list[str]:
+    values = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in values if d not in allowed]
+    if not values or bad:
+        raise SponError(f"--dtypes {text!r}: use a comma-separated list of {', '.join(allowed)}")
+    return values
 
 
 def _bench(a, progress: bool) -> int:
@@ -176,7 +208,7 @@ def _bench(a, progress: bool) -> int:
 
         sparsity, train = _sparsity_config(a), _train_config(a)
         if a.out:
-            ensure_writable_dir(Path(a.out).parent)
+            ensure_writable_dir(a.out)
         splits = load_splits(a.data)
         lm, _ = pipeline.open_model(a.model, a.dtype, None, a.device_map)
         pipeline.calibrate_model(lm, splits, sparsity, calib_tokens=a.calib_tokens, progress=progress)
@@ -184,7 +216,42 @@ def _bench(a, progress: bool) -> int:
         if len(seqs) < train.batch_size:
             raise SponError(f"need {train.batch_size} sequences of {train.seq_len} tokens for one batch; give more text")
         res = bench_step(lm.model, seqs[: train.batch_size], train, repeats=a.repeats)
-        _write_json(a.out, {"benchmark": "step", "model": lm.identity, "sparsity": sparsity.sparsity, **res, "machine": pipeline.machine()})
+        _write_json(a.out, "step.json", {"benchmark": "step", "model": lm.identity, "sparsity": sparsity.sparsity, **res, "machine": pipeline.machine()})
+        return 0
+    if a.bench == "gemv":
+        from .bench_gemv import bench_gemv
+        from .plots import plot_gemv
+
+        shapes, dtypes = _shapes(a.shapes), _dtypes(a.dtypes, ("float32", "bfloat16"))
+        out = ensure_writable_dir(a.out) if a.out else None
+        res = {"benchmark": "gemv", **bench_gemv(shapes, list(a.sparsities), dtypes, repeats=a.repeats, progress=progress),
+               "machine": pipeline.machine()}
+        if out:
+            plot_gemv(res, out)
+        _write_json(a.out, "gemv.json", res)
+        return 0
+    if a.bench == "decode":
+        from .bench_decode import bench_decode
+        from .plots import plot_decode
+
+        sparsity, dtypes = _sparsity_config(a), _dtypes(a.dtypes, ("float32", "bfloat16", "float16"))
+        out = ensure_writable_dir(a.out) if a.out else None
+        splits = load_splits(a.data) if not a.artifact else None
+        runs = {}
+        for dtype in dtypes:
+            dense_lm = pipeline.load_model(a.model, dtype)
+            sparse_lm, meta = pipeline.open_model(a.model, dtype, a.artifact)
+            if meta is None:
+                pipeline.calibrate_model(sparse_lm, splits, sparsity, calib_tokens=a.calib_tokens, progress=progress)
+            prompt = dense_lm.tokenizer(a.prompt, return_tensors="pt")["input_ids"]
+            runs[dtype] = bench_decode(dense_lm.model, sparse_lm.model, prompt, new_tokens=a.new_tokens, repeats=a.repeats, progress=progress)
+            del dense_lm, sparse_lm
+        target = meta["sparsity"]["sparsity"] if meta else sparsity.sparsity
+        res = {"benchmark": "decode", "model": {"name": a.model}, "artifact": a.artifact, "sparsity": target,
+               "runs": runs, "machine": pipeline.machine()}
+        if out:
+            plot_decode(res, out)
+        _write_json(a.out, "decode.json", res)
         return 0
     raise SponError(f"unknown benchmark {a.bench!r}")
 

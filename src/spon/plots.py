@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .atomic import atomic_file
 
-__all__ = ["plot_sweep"]
+__all__ = ["plot_sweep", "plot_gemv", "plot_decode"]
 
 
 def _plt():
@@ -78,3 +78,48 @@ def plot_sweep(r: dict, out: Path) -> list[str]:
     plt.close(fig)
     names.append("spon_norms.png")
     return names
+
+
+def plot_gemv(r: dict, out: Path) -> list[str]:
+    """gemv.png: kernel speed-up over dense F.linear and over itself at 0%, against sparsity, per shape and dtype."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    groups: dict[str, list[dict]] = {}
+    for row in r["rows"]:
+        groups.setdefault(f"{row['out']}x{row['in']} {row['dtype']}", []).append(row)
+    for label, rows in sorted(groups.items()):
+        rows.sort(key=lambda x: x["sparsity"])
+        s = [x["sparsity"] * 100 for x in rows]
+        axes[0].plot(s, [x["speedup_vs_dense"] for x in rows], "o-", label=label)
+        axes[1].plot(s, [x["speedup_vs_kernel_0pct"] for x in rows], "o-", label=label)
+    axes[0].set_ylabel("speed-up over dense F.linear")
+    axes[1].set_ylabel("speed-up over the same kernel at 0%")
+    for ax in axes:
+        ax.axhline(1, color="k", lw=0.8)
+        ax.set_xlabel("sparsity (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"sparse GEMV, batch 1, {r['threads']} threads; read bandwidth {r['bandwidth_gbs']['median']:.1f} GB/s")
+    _save(fig, out / "gemv.png")
+    plt.close(fig)
+    return ["gemv.png"]
+
+
+def plot_decode(r: dict, out: Path) -> list[str]:
+    """decode.png: tokens/s of each decode variant, per dtype."""
+    plt = _plt()
+    runs = r["runs"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    variants = list(next(iter(runs.values()))["tokens_per_s"])
+    width = 0.8 / max(1, len(runs))
+    for j, (dtype, run) in enumerate(runs.items()):
+        xs = [i + j * width for i in range(len(variants))]
+        ax.bar(xs, [run["tokens_per_s"][v] for v in variants], width, label=dtype)
+    ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(variants))])
+    ax.set_xticklabels(variants, rotation=20, fontsize=8)
+    ax.set_ylabel("tokens / s (batch 1, greedy)")
+    ax.set_title(f"{r['model']['name']} at {r['sparsity']:.0%} sparsity")
+    ax.legend()
+    _save(fig, out / "decode.png")
+    plt.close(fig)
+    return ["decode.png"]

@@ -48,6 +48,8 @@ class SparseLinear(nn.Module):
         self.register_buffer("folded_bias", None)  # b + W alpha once folded
         self.neurons: nn.Parameter | None = None  # ablation: [out, k] output weights of k spontaneous neurons
         self.rates: nn.Parameter | None = None  # ablation: [k] their constant activations
+        self.decode_wt: torch.Tensor | None = None  # input-major weight [in, out] for the decode kernel (prepare_decode_)
+        self.use_kernel = True  # False inside `masked_dense(model)`: single tokens go through F.linear too
         self.sparse = True  # False inside `dense(model)`
         self.tokens, self.last_fraction = "all", 0.5
         self.stats: list[float] | None = None  # [zeros, entries] while measuring sparsity
@@ -66,6 +68,7 @@ class SparseLinear(nn.Module):
         mod.transposed, mod._dense_cls = is_conv1d(linear), type(linear)
         mod.tokens, mod.last_fraction = tokens, last_fraction
         mod.neurons = mod.rates = None
+        mod.decode_wt, mod.use_kernel = None, True
         return mod
 
     def to_linear(self) -> nn.Module:
@@ -101,6 +104,10 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.sparse:
             return F.linear(x, self.matrix, self.bias)
+        if self.decode_wt is not None and self.use_kernel and x.numel() == self.in_features and self.stats is None:
+            y = self._decode(x)
+            if y is not None:
+                return y
         xs = self.sparse_input(x)
         if self.folded:
             return F.linear(xs, self.matrix, self.folded_bias)
@@ -108,6 +115,19 @@ class SparseLinear(nn.Module):
         if self.neurons is not None:
             y = y + (self.neurons @ self.rates).to(y.dtype)
         return y
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor | None:
+        """One token through the sparse GEMV kernel (W S(x) + bias, reading only kept rows); None: not possible."""
+        from .kernels import sparse_gemv
+
+        if self.folded:
+            bias = self.folded_bias
+        elif self.neurons is None and not self.alpha.any():
+            bias = self.bias
+        else:
+            return None  # unfolded SPON vectors: the plain path handles them
+        y = sparse_gemv(x.reshape(-1), self.decode_wt, bias, float(self.threshold))
+        return y.view(*x.shape[:-1], self.out_features)
 
     def spon_output(self) -> torch.Tensor:
         """What the spontaneous activity adds to the output, W alpha (+ neurons @ rates), in float32: [out]."""

@@ -1,0 +1,98 @@
+"""`spon bench gemv`: the sparse GEMV kernel against dense `F.linear`, itself at 0%, and plain torch.
+
+Batch 1, measured side by side in one run: every repetition times each method once, in turn, on the
+next weight copy and the next input vector, so drifting machine load hits all methods alike, weights
+stream from memory (copies together exceed the last-level cache many times over) and every call sees
+a fresh zero pattern. Reports median seconds, ratios, and the GB/s of weights read next to the
+machine's read bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .kernels import cpu_kernel, reference_gemv, sparse_gemv
+
+__all__ = ["bench_gemv", "read_bandwidth", "POOL_BYTES"]
+
+POOL_BYTES = 512 * 2**20  # weight copies rotated per shape: 16x a 32 MiB L3
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def read_bandwidth(seconds: float = 1.0, size_bytes: int = 512 * 2**20) -> float:
+    """GB/s of a plain parallel sum over a buffer much larger than the cache (best of repeated passes)."""
+    k = cpu_kernel()
+    buf = torch.rand(size_bytes // 4)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        if k is not None:
+            k.read_sum(buf)
+        else:
+            buf.sum()
+        best = min(best, time.perf_counter() - t0)
+    return size_bytes / best / 1e9
+
+
+def _tau(sparsity: float) -> float:
+    """|x| quantile of a standard normal: inputs drawn N(0, 1) have about `sparsity` of entries <= tau."""
+    return -1.0 if sparsity <= 0 else math.sqrt(2.0) * torch.erfinv(torch.tensor(sparsity)).item()
+
+
+def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: list[str], *, repeats: int = 20,
+               seed: int = 0, progress: bool = True, pool_bytes: int = POOL_BYTES) -> dict:
+    """shapes: (out_features, in_features). Returns {"bandwidth_gbs", "rows": [...]} with one row per case."""
+    if cpu_kernel() is None:
+        raise RuntimeError("the CPU kernel is not available (see the warning); nothing to benchmark")
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    bandwidth = [read_bandwidth(size_bytes=pool_bytes)]
+    cases = [(d, s) for d in dtypes for s in shapes]
+    for dname, (n_out, n_in) in tqdm(cases, desc="gemv", disable=not progress):
+        dtype = DTYPES[dname]
+        elsize = torch.tensor([], dtype=dtype).element_size()
+        copies = max(2, math.ceil(pool_bytes / (n_out * n_in * elsize)))
+        ws = [(torch.randn(n_out, n_in, generator=gen) / math.sqrt(n_in)).to(dtype) for _ in range(copies)]
+        wts = [w.t().contiguous() for w in ws]
+        xs = [torch.randn(n_in, generator=gen).to(dtype) for _ in range(16)]
+        bias = torch.randn(n_out, generator=gen).to(dtype)
+        for s in sparsities:
+            tau = _tau(s)
+            methods = {
+                "dense_F.linear": lambda i: F.linear(xs[i % 16].view(1, -1), ws[i % copies], bias),
+                "kernel": lambda i: sparse_gemv(xs[i % 16], wts[i % copies], bias, tau),
+                "kernel_0pct": lambda i: sparse_gemv(xs[i % 16], wts[i % copies], bias, -1.0),
+                "torch_reference": lambda i: reference_gemv(xs[i % 16], wts[i % copies], bias, tau),
+            }
+            times: dict[str, list[float]] = {k: [] for k in methods}
+            for i in range(repeats + 2):
+                for name, fn in methods.items():
+                    t0 = time.perf_counter()
+                    fn(i)
+                    dt = time.perf_counter() - t0
+                    if i >= 2:  # two warm-up rounds
+                        times[name].append(dt)
+            kept = sum(float((x.abs() > torch.tensor(tau).to(dtype)).float().mean()) for x in xs) / len(xs)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            full_bytes = n_out * n_in * elsize
+            rows.append({
+                "dtype": dname, "out": n_out, "in": n_in, "sparsity": s, "measured_sparsity": 1 - kept,
+                "seconds": med,
+                "speedup_vs_dense": med["dense_F.linear"] / med["kernel"],
+                "speedup_vs_kernel_0pct": med["kernel_0pct"] / med["kernel"],
+                "speedup_vs_torch_reference": med["torch_reference"] / med["kernel"],
+                "gbs_kernel": full_bytes * kept / med["kernel"] / 1e9,
+                "gbs_kernel_0pct": full_bytes / med["kernel_0pct"] / 1e9,
+                "gbs_dense": full_bytes / med["dense_F.linear"] / 1e9,
+                "weight_copies": copies,
+            })
+        del ws, wts
+        bandwidth.append(read_bandwidth(0.5, pool_bytes))
+    return {"pool_bytes": pool_bytes, "bandwidth_gbs": {"before": bandwidth[0], "between_cases": bandwidth[1:], "median": statistics.median(bandwidth)},
+            "threads": torch.get_num_threads(), "repeats": repeats, "rows": rows}

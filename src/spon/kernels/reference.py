@@ -1,0 +1,16 @@
+"""The plain-torch sparse GEMV: the definition every kernel is tested against, and the fallback."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["reference_gemv"]
+
+
+def reference_gemv(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """W S(x) + b with S(x) = x * (|x| > tau): gather the kept rows of wt [in, out] and multiply, in float32."""
+    keep = (x.abs() > tau).nonzero().flatten()
+    y = x.float()[keep] @ wt[keep].float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)

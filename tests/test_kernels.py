@@ -1,0 +1,156 @@
+"""Sparse GEMV kernels match the plain-torch reference; the decode path matches the masked-dense path."""
+
+import shutil
+
+import pytest
+import torch
+
+import spon
+from conftest import make_model, random_ids
+from spon.decode import decode_backend, masked_dense, prepare_decode_
+from spon.kernels import cpu, reference_gemv, sparse_gemv
+
+HAVE_CC = bool(shutil.which("gcc") or shutil.which("cc"))
+needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler: the CPU kernel cannot be built here")
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=1e-2, rtol=1e-2)}
+SHAPES = [(1, 1), (7, 3), (33, 65), (576, 1536), (1000, 17)]  # (out, in): odd sizes hit every tail loop
+
+
+def cases(dtypes):
+    g = torch.Generator().manual_seed(0)
+    for dtype in dtypes:
+        for n_out, n_in in SHAPES:
+            x = torch.randn(n_in, generator=g).to(dtype)
+            wt = torch.randn(n_in, n_out, generator=g).to(dtype)
+            bias = torch.randn(n_out, generator=g).to(dtype)
+            for s in (0.0, 0.3, 0.5, 0.7, 0.95):
+                tau = -1.0 if s == 0 else float(x.float().abs().quantile(s))
+                yield dtype, x, wt, bias, tau
+            yield dtype, torch.zeros_like(x), wt, bias, 0.5  # all-zero input: nothing kept
+            yield dtype, x, wt, None, -1.0  # all kept, no bias
+            yield dtype, x, wt, bias, float(x.float().abs().max()) + 1  # all dropped: y = b
+
+
+def expected(x, wt, bias, tau):
+    keep = x.abs() > torch.tensor(tau).to(x.dtype)
+    y = (x.double() * keep) @ wt.double()
+    return (y + bias.double() if bias is not None else y).to(x.dtype)
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_matches_reference(dtype):
+    assert cpu.cpu_kernel() is not None
+    for dt, x, wt, bias, tau in cases([dtype]):
+        want = expected(x, wt, bias, tau)
+        torch.testing.assert_close(sparse_gemv(x, wt, bias, tau), want, **TOL[dt])
+        torch.testing.assert_close(reference_gemv(x, wt, bias, tau), want, **TOL[dt])
+
+
+@needs_cc
+def test_cpu_kernel_counts_kept_inputs():
+    x = torch.tensor([0.1, -2.0, 0.0, 3.0, -0.5])
+    y, kept = cpu.cpu_kernel().gemv(x, torch.ones(5, 2), None, 0.4)
+    assert kept == 3 and torch.equal(y, torch.tensor([0.5, 0.5]))  # -2 + 3 - 0.5
+
+
+def test_fallback_warns_and_still_computes(monkeypatch):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(cpu.shutil, "which", lambda name: None)
+    cpu.cpu_kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="falls back to plain torch"):
+            assert cpu.cpu_kernel() is None
+        x, wt = torch.randn(40), torch.randn(40, 8)
+        torch.testing.assert_close(sparse_gemv(x, wt, None, 0.5), expected(x, wt, None, 0.5), **TOL[torch.float32])
+    finally:
+        cpu.cpu_kernel.cache_clear()
+
+
+def test_triton_kernel_matches_reference_in_interpreter():
+    """Triton reads TRITON_INTERPRET when it is imported, so the check runs in a fresh process."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    script = (
+        "import torch, test_kernels as t\n"
+        "from spon.kernels import triton_gemv as tg\n"
+        "assert tg.triton_available()\n"
+        "n = 0\n"
+        "for dt, x, wt, bias, tau in t.cases([torch.float16, torch.bfloat16, torch.float32]):\n"
+        "    if wt.numel() > 100_000: continue\n"
+        "    torch.testing.assert_close(tg.triton_gemv(x, wt, bias, tau), t.expected(x, wt, bias, tau), **t.TOL[dt]); n += 1\n"
+        "print('checked', n)\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join([str(here), str(here.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checked 96" in proc.stdout
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_path_matches_masked_dense(arch, dtype):
+    model = make_model(arch).to(dtype)
+    cfg = spon.SparsityConfig(sparsity=0.5)
+    spon.sparsify_(model, cfg)
+    spon.calibrate_(model, [random_ids(2, 32, seed=s) for s in range(2)], cfg, progress=False)
+    g = torch.Generator().manual_seed(3)
+    for m in spon.sparse_modules(model).values():  # some SPON vectors, so the folded bias is exercised
+        m.alpha.copy_(torch.randn(m.in_features, generator=g) * 0.05)
+    prompt = random_ids(1, 12, seed=4)
+    from spon.bench_decode import greedy_decode
+
+    spon.fold_(model)  # in bf16 folding itself rounds; compare the decode layout against the folded model
+    with torch.no_grad():
+        want_prefill = model(input_ids=prompt).logits
+    prepare_decode_(model)
+    assert decode_backend(model) == "cpu"
+    assert all(not m.alpha.any() and m.folded for m in spon.sparse_modules(model).values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=prompt).logits, want_prefill, **TOL[dtype])  # prefill: dense matmul
+        step = prompt[:, :1]
+        got = model(input_ids=step).logits  # one token: the kernel
+        with masked_dense(model):
+            ref = model(input_ids=step).logits
+    torch.testing.assert_close(got, ref, **TOL[dtype])
+    with masked_dense(model):
+        ref_tokens, _, _ = greedy_decode(model, prompt, 8)
+    tokens, _, _ = greedy_decode(model, prompt, 8)
+    assert len(tokens) == 8 and tokens == ref_tokens
+
+
+@needs_cc
+def test_bench_gemv_reports_ratios_and_bandwidth(tmp_path):
+    from spon.bench_gemv import bench_gemv
+    from spon.plots import plot_gemv
+
+    r = bench_gemv([(64, 256)], [0.0, 0.5], ["float32", "bfloat16"], repeats=3, progress=False, pool_bytes=4 * 2**20)
+    assert len(r["rows"]) == 4 and r["bandwidth_gbs"]["median"] > 0
+    half = next(x for x in r["rows"] if x["sparsity"] == 0.5 and x["dtype"] == "float32")
+    assert abs(half["measured_sparsity"] - 0.5) < 0.15 and half["speedup_vs_dense"] > 0
+    assert plot_gemv({**r, "machine": {}}, tmp_path) == ["gemv.png"] and (tmp_path / "gemv.png").stat().st_size > 0
+
+
+@needs_cc
+def test_bench_decode_cli(capsys, model_folder, tmp_path):
+    import json
+
+    from conftest import random_text
+    from spon.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(4000))
+    out = tmp_path / "bench"
+    code = main(["bench", "decode", "--model", str(model_folder), "--data", str(text), "--calib-tokens", "256", "--quiet",
+                 "--new-tokens", "6", "--repeats", "1", "--dtypes", "float32", "--prompt", "w1 w2 w3", "--out", str(out)])
+    assert code == 0
+    r = json.loads((out / "decode.json").read_text())
+    run = r["runs"]["float32"]
+    assert run["backend"] == "cpu" and set(run["tokens_per_s"]) == {"dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense"}
+    assert run["kernel_vs_masked_dense"]["identical"] and (out / "decode.png").is_file()
