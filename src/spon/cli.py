@@ -13,7 +13,7 @@ from .atomic import ensure_writable_dir
 from .config import SPON_ON, SparsityConfig, TrainConfig, check_sparsity
 from .data import load_splits
 from .errors import SponError
-from .evaluate import EvalProtocol
+from .evaluate import PRESETS, EvalProtocol
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS
 
 __all__ = ["main", "build_parser"]
@@ -130,10 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=10, help="write OUT/checkpoint.pt every N steps (default 10)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt after a crash or kill")
 
-    p = sub.add_parser("eval", help="perplexity of dense, sparse and sparse+SPON on the held-out split")
+    p = sub.add_parser("eval", help="perplexity (and lm-eval tasks) of dense, sparse and sparse+SPON")
     _common(p); _eval_args(p)
+    p.set_defaults(data=None)
     p.add_argument("--artifact", help="artifact folder (not needed for an exported model folder)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a standard perplexity protocol (context, stride and data; --data PATH keeps the protocol on local text)")
+    p.add_argument("--tasks", default=None, help="lm-evaluation-harness tasks instead of perplexity, e.g. arc_easy,hellaswag (needs lm-eval)")
+    p.add_argument("--include-path", default=None, help="folder of local lm-eval task configs (works offline)")
+    p.add_argument("--limit", type=int, default=None, help="lm-eval: items per task")
+    p.add_argument("--batch-size", type=int, default=4, help="lm-eval batch size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", default=None, help="also write eval.json into this folder (for `spon report`)")
 
     p = sub.add_parser("export", help="write a folded model folder that `spon` loads and runs sparse")
     _common(p, data=False)
@@ -256,6 +263,48 @@ def _bench(a, progress: bool) -> int:
     raise SponError(f"unknown benchmark {a.bench!r}")
 
 
+def _eval(a, progress: bool) -> int:
+    preset = PRESETS.get(a.preset) if a.preset else None
+    data = a.data or (preset["data"] if preset else "pydoc")
+    if preset:
+        a.ctx_len, a.stride = preset["ctx_len"], a.stride or preset["stride"]
+    out = ensure_writable_dir(a.out) if a.out else None
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
+    if tasks is not None:
+        from .harness import _harness
+
+        _harness()  # a missing lm-eval fails before the model loads
+    lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact, a.device_map)
+    if meta is None:
+        raise SponError("nothing to evaluate: pass --artifact (from `spon calibrate`/`spon train`) or an exported model folder")
+    if tasks is not None:
+        from .harness import evaluate_tasks
+
+        res = {"tasks": evaluate_tasks(lm.model, lm.tokenizer, tasks, include_path=a.include_path, limit=a.limit, batch_size=a.batch_size)}
+        res.update(model=lm.identity, tokens_sparsified=lm.model.spon_config.describe_tokens(), machine=pipeline.machine())
+        lines = ["| task | metric | " + " | ".join(res["tasks"]) + " |", "|---|---|" + "---|" * len(res["tasks"])]
+        first = next(iter(res["tasks"].values()))["results"]
+        for task, metrics in first.items():
+            for metric in metrics:
+                if "stderr" in metric:
+                    continue
+                vals = [f"{v['results'][task][metric]:.4f}" for v in res["tasks"].values()]
+                lines.append(f"| {task} | {metric} | " + " | ".join(vals) + " |")
+        text = "\n".join(lines)
+    else:
+        res = pipeline.evaluate_model(lm, load_splits(data), _protocol(a), progress=progress)
+        res.update(model=lm.identity, preset=a.preset, machine=pipeline.machine())
+        text = f"dense {res['ppl_dense']:.3f}  sparse {res['ppl_sparse']:.3f}" + (
+            f"  sparse+SPON {res['ppl_spon']:.3f}  gap recovered {res['gap_recovered']:.1%}" if "ppl_spon" in res else ""
+        ) + f"  (sparsity {res['sparsity_measured']:.1%}, {res['tokens']} tokens, {res['tokens_sparsified']})"
+    if out:
+        from .atomic import write_text
+
+        write_text(out / "eval.json", json.dumps(res, indent=2, default=str))
+    print(json.dumps(res, default=str) if a.json else text)
+    return 0
+
+
 def run(a) -> int:
     progress = not a.quiet
     if a.quiet:
@@ -309,17 +358,7 @@ def run(a) -> int:
         dd.barrier()
         return 0
     if a.command == "eval":
-        lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact, a.device_map)
-        if meta is None:
-            raise SponError("nothing to evaluate: pass --artifact (from `spon calibrate`/`spon train`) or an exported model folder")
-        res = pipeline.evaluate_model(lm, load_splits(a.data), _protocol(a), progress=progress)
-        if a.json:
-            print(json.dumps(res, default=str))
-        else:
-            print(f"dense {res['ppl_dense']:.3f}  sparse {res['ppl_sparse']:.3f}" + (
-                f"  sparse+SPON {res['ppl_spon']:.3f}  gap recovered {res['gap_recovered']:.1%}" if "ppl_spon" in res else ""
-            ) + f"  (sparsity {res['sparsity_measured']:.1%}, {res['tokens']} tokens, {res['tokens_sparsified']})")
-        return 0
+        return _eval(a, progress)
     if a.command == "export":
         path = pipeline.export_model(a.model, a.artifact, a.out, a.dtype)
         print(f"spon: wrote {path}; run it with `spon generate --model {path} --prompt ...`")

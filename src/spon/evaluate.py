@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .errors import SponError
 from .sparsify import dense, measure_sparsity, sparse_modules, without_spon
 
-__all__ = ["EvalProtocol", "bos_token_id", "perplexity", "evaluate_variants", "gap_recovered"]
+__all__ = ["PRESETS", "EvalProtocol", "bos_token_id", "perplexity", "evaluate_variants", "gap_recovered"]
 
 
 @dataclass
@@ -31,6 +31,14 @@ class EvalProtocol:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+PRESETS = {  # the field's perplexity protocols; `--data PATH` runs the same protocol on local text
+    "wikitext2": {"data": "wikitext2", "ctx_len": 2048, "stride": 2048,
+                  "description": "wikitext-2-raw-v1 test split, documents joined with blank lines, windows of 2048, stride 2048"},
+    "c4": {"data": "c4", "ctx_len": 2048, "stride": 2048,
+           "description": "allenai/c4 en validation shard 00000-of-00008 (documents 1000-2999), windows of 2048, stride 2048"},
+}
 
 
 def bos_token_id(tokenizer) -> int | None:
