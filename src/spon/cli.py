@@ -142,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", default=None, help="also write eval.json into this folder (for `spon report`)")
 
+    p = sub.add_parser("diagnose", help="per-layer drift from dense (sparse vs sparse+SPON) and always-active channels; JSON + PNG")
+    _common(p)
+    p.add_argument("--artifact", help="artifact folder (not needed for an exported model folder)")
+    p.add_argument("--sequences", type=int, default=2, help="held-out sequences to diagnose (default 2)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--sparsities", type=_sparsities, default=(0.25, 0.5, 0.7), help="for the always-active curves")
+    p.add_argument("--out", default="diagnose_out", help="folder for diagnose.json and the plots")
+
     p = sub.add_parser("export", help="write a folded model folder that `spon` loads and runs sparse")
     _common(p, data=False)
     p.add_argument("--artifact", required=True)
@@ -359,6 +367,28 @@ def run(a) -> int:
         return 0
     if a.command == "eval":
         return _eval(a, progress)
+    if a.command == "diagnose":
+        from .atomic import write_text
+        from .data import sequences, tokenize
+        from .diagnose import diagnose
+        from .evaluate import bos_token_id
+        from .plots import plot_diagnose
+
+        out = ensure_writable_dir(a.out)
+        splits = load_splits(a.data)
+        lm, meta = pipeline.open_model(a.model, a.dtype, a.artifact, a.device_map)
+        if meta is None:
+            raise SponError("nothing to diagnose: pass --artifact (from `spon calibrate`/`spon train`) or an exported model folder")
+        ids = sequences(tokenize(lm.tokenizer, splits.evaluation), a.seq_len, bos=bos_token_id(lm.tokenizer))[: a.sequences]
+        if len(ids) == 0:
+            raise SponError(f"the evaluation text is shorter than one {a.seq_len}-token sequence; give more text or a smaller --seq-len")
+        res = {"model": lm.identity, "data": {**splits.source, "split": "evaluation"},
+               "sparsity": lm.model.spon_config.sparsity, "tokens_sparsified": lm.model.spon_config.describe_tokens(),
+               **diagnose(lm.model, ids, list(a.sparsities)), "machine": pipeline.machine()}
+        res["plots"] = plot_diagnose(res, out)
+        write_text(out / "diagnose.json", json.dumps(res, indent=2, default=str))
+        print(json.dumps({"mean_rel_l2": res["mean_rel_l2"], "kl_final": res["kl_final"]}))
+        return 0
     if a.command == "export":
         path = pipeline.export_model(a.model, a.artifact, a.out, a.dtype)
         print(f"spon: wrote {path}; run it with `spon generate --model {path} --prompt ...`")

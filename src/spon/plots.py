@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .atomic import atomic_file
 
-__all__ = ["plot_sweep", "plot_gemv", "plot_decode"]
+__all__ = ["plot_sweep", "plot_gemv", "plot_decode", "plot_diagnose"]
 
 
 def _plt():
@@ -123,3 +123,36 @@ def plot_decode(r: dict, out: Path) -> list[str]:
     _save(fig, out / "decode.png")
     plt.close(fig)
     return ["decode.png"]
+
+
+def plot_diagnose(r: dict, out: Path) -> list[str]:
+    """drift.png (per-layer relative L2 and cosine to dense) and always_active.png (anchors vs sequence length)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, d in r["drift"].items():
+        layers = list(range(len(d["rel_l2"])))
+        axes[0].plot(layers, d["rel_l2"], ".-", label=f"{name} (mean {d['mean_rel_l2']:.3f}, KL {d['kl_final']:.3f})")
+        axes[1].plot(layers, d["cosine"], ".-", label=name)
+    axes[0].set_ylabel("||h - h_dense|| / ||h_dense||")
+    axes[1].set_ylabel("cosine(h, h_dense)")
+    for ax in axes:
+        ax.set_xlabel("hidden state (0 = embeddings)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{r['model']['name']}: drift from the dense residual stream")
+    _save(fig, out / "drift.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    a = r["anchors"]
+    for s, curve in a["by_sparsity"].items():
+        ax.plot(a["lengths"], [c * 100 for c in curve], label=f"{float(s):.0%} sparsity")
+    ax.set_xscale("log")
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("input channels active at every token (%)")
+    ax.set_title(f"{r['model']['name']}: always-active channels")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, out / "always_active.png")
+    plt.close(fig)
+    return ["drift.png", "always_active.png"]
