@@ -55,3 +55,28 @@ def test_diagnose_cli(capsys, model_folder, tmp_path):
     r = json.loads((out / "diagnose.json").read_text())
     assert set(r["anchors"]["by_sparsity"]) == {"0.25", "0.5", "0.7"} and len(r["anchors"]["lengths"]) == 64
     assert "sparse" in r["drift"] and (out / "drift.png").is_file() and (out / "always_active.png").is_file()
+
+
+def test_report_gathers_eval_sweep_and_diagnose(capsys, model_folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(20000, distinct=8))
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "--model", str(model_folder), "--data", str(text), "--out", str(sweep), "--sparsities", "0.3,0.6",
+                 "--quiet", "--calib-tokens", "512", "--steps", "2", "--seq-len", "32", "--ctx-len", "32", "--train-sequences", "8"]) == 0
+    art = sweep / "s0.60" / "artifact"
+    ev = tmp_path / "ev"
+    assert main(["eval", "--model", str(model_folder), "--data", str(text), "--artifact", str(art), "--ctx-len", "32",
+                 "--out", str(ev), "--quiet"]) == 0
+    diag = tmp_path / "diag"
+    assert main(["diagnose", "--model", str(model_folder), "--data", str(text), "--artifact", str(art), "--seq-len", "32",
+                 "--out", str(diag), "--quiet"]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(sweep), str(ev), str(diag), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    for heading in ("## Sparsity sweep (sweep)", "## Evaluation (ev)", "## Diagnostics (diag)"):
+        assert heading in md
+    assert "![perplexity](sweep-perplexity.png)" in md and (out / "diag-drift.png").is_file()
+    assert md.count("Machine: ") == 3 and "tokens sparsified: all tokens" in md
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "t.txt")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

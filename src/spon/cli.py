@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsities", type=_sparsities, default=(0.25, 0.5, 0.7), help="for the always-active curves")
     p.add_argument("--out", default="diagnose_out", help="folder for diagnose.json and the plots")
 
+    p = sub.add_parser("report", help="one Markdown page with plots from folders written by demo/eval/sweep/diagnose/bench")
+    p.add_argument("inputs", nargs="+", help="result folders")
+    p.add_argument("--out", default="report_out", help="folder for report.md and the plots (default report_out)")
+    p.add_argument("--title", default="spon report")
+
     p = sub.add_parser("export", help="write a folded model folder that `spon` loads and runs sparse")
     _common(p, data=False)
     p.add_argument("--artifact", required=True)
@@ -314,8 +319,8 @@ def _eval(a, progress: bool) -> int:
 
 
 def run(a) -> int:
-    progress = not a.quiet
-    if a.quiet:
+    progress = not getattr(a, "quiet", False)
+    if not progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -367,6 +372,11 @@ def run(a) -> int:
         return 0
     if a.command == "eval":
         return _eval(a, progress)
+    if a.command == "report":
+        from .report import build_report
+
+        print(f"spon: wrote {build_report(a.inputs, a.out, a.title)}")
+        return 0
     if a.command == "diagnose":
         from .atomic import write_text
         from .data import sequences, tokenize
