@@ -32,5 +32,6 @@ def test_positions_modes():
 
 def test_apply_to_positions_leaves_other_tokens_dense():
     x = torch.full((2, 4, 3), 0.1)
-    out = apply_to_positions(x, torch.tensor(0.5), slice(2, 4))
-    assert torch.equal(out[:, :2], x[:, :2]) and bool((out[:, 2:] == 0).all())
+    out, mask = apply_to_positions(x, slice(2, 4), lambda t: t.abs() > 0.5)
+    assert torch.equal(out[:, :2], x[:, :2]) and bool((out[:, 2:] == 0).all()) and mask.shape == (2, 2, 3)
+    assert apply_to_positions(x, slice(0, 0), lambda t: t.abs() > 0.5) == (x, None)

@@ -20,7 +20,7 @@ from .atomic import atomic_file, ensure_writable_dir
 from .config import SparsityConfig
 from .errors import SponError
 from .sparse_linear import linear_shape
-from .sparsify import sparse_modules, sparsify_, target_linears
+from .sparsify import sparse_activations, sparse_modules, sparsify_, target_linears
 
 __all__ = ["save_artifact", "load_artifact", "read_artifact", "is_artifact", "FORMAT_VERSION", "CONFIG_NAME", "TENSORS_NAME"]
 
@@ -60,6 +60,8 @@ def save_artifact(model: nn.Module, path: str | Path, identity: dict, **info) ->
             if m.neurons is not None:
                 tensors[f"{name}.neurons"] = m.neurons.detach().float().cpu().contiguous()
                 tensors[f"{name}.rates"] = m.rates.detach().float().cpu().contiguous()
+    for name, act in sparse_activations(model).items():  # CATS
+        tensors[f"{name}.act_threshold"] = act.threshold.detach().float().reshape(1).cpu()
     folded = any(m.folded for m in mods.values())
     has_alpha = any(m.has_spon for m in mods.values())
     config = getattr(model, "spon_config", None) or SparsityConfig()
@@ -152,5 +154,8 @@ def load_artifact(model: nn.Module, path: str | Path) -> dict:
         if f"{name}.neurons" in tensors:
             m.neurons = nn.Parameter(tensors[f"{name}.neurons"].to(m.weight.device), requires_grad=False)
             m.rates = nn.Parameter(tensors[f"{name}.rates"].to(m.weight.device), requires_grad=False)
+    for name, act in sparse_activations(model).items():
+        if f"{name}.act_threshold" in tensors:
+            act.threshold.fill_(float(tensors[f"{name}.act_threshold"][0]))
     model.spon_config = config
     return meta

@@ -17,7 +17,8 @@ from . import distributed as dd
 from .config import SparsityConfig
 from .hooks import collect_inputs
 from .reservoir import Reservoir
-from .sparsify import dense, sparse_modules
+from .sparse_activation import SparseActivation
+from .sparsify import dense, sparse_activations, sparse_modules
 from .threshold import sparsified_positions, threshold_from_samples
 
 __all__ = ["calibrate_", "SAMPLES_PER_LAYER"]
@@ -45,7 +46,12 @@ def calibrate_(
     during evaluation (all positions for "decode" and "all", the last fraction for "last").
     batches: iterable of input_ids [B, T], consumed once, lazily. Returns the thresholds by module name.
     """
-    mods = sparse_modules(model)
+    # the modules whose threshold is calibrated: every SparseLinear (on its selection score), or for CATS the
+    # MLP activations; top-k selection needs no threshold
+    if config.rule == "cats":
+        mods = {n: a for n, a in sparse_activations(model).items() if a.keep is None}
+    else:
+        mods = {n: m for n, m in sparse_modules(model).items() if m.keep is None}
     reservoirs = {name: Reservoir(samples_per_layer) for name in mods}
     gen = torch.Generator()
     tokens = "all" if config.tokens == "decode" else config.tokens
@@ -59,10 +65,11 @@ def calibrate_(
 
     def record(name, mod, x):  # x: [B, T, D]
         pos = sparsified_positions(x.shape[-2], tokens, config.last_fraction)
-        reservoirs[name].add(x[..., pos, :].abs(), gen)
+        x = x[..., pos, :]
+        reservoirs[name].add(mod.act(x).abs() if isinstance(mod, SparseActivation) else mod.scores(x), gen)
 
     with dense(model):
-        collect_inputs(model, mine(), record, desc="calibrating thresholds", progress=progress and dd.is_main())
+        collect_inputs(model, mine(), record, desc="calibrating thresholds", progress=progress and dd.is_main(), modules=mods)
     taus = {}
     for name, mod in mods.items():
         res = reservoirs[name]

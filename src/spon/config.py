@@ -11,6 +11,7 @@ from .errors import SponError
 __all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES", "SPON_ON"]
 
 TOKEN_MODES = ("all", "decode", "last")
+ALLOCATIONS = ("uniform", "greedy")
 INITS = ("zeros", "mean-dropped")
 SPON_ON = {"all": "", "attention": r"(attn|attention)", "mlp": r"(mlp|ffn|feed_forward)"}  # name regex per choice
 
@@ -25,8 +26,24 @@ class SparsityConfig:
     include: str = r"\.\d+\."  # linears inside a numbered block list (decoder layers); never lm_head or embeddings
     exclude: str = r"(^|\.)(lm_head|embed\w*|router)$"  # never the output head, embeddings or MoE routers
     overrides: dict[str, float] = field(default_factory=dict)  # regex on module name -> sparsity, first match wins
+    rule: str = "magnitude"  # selection rule: magnitude (TEAL), wina, cats (MLP activations only), rsparse (see rules.py)
+    selection: str = "threshold"  # "threshold" (calibrated per layer) or "topk" (exact per token)
+    allocation: str = "uniform"  # "uniform", or "greedy" (TEAL's per-block allocation; fills `overrides` per module)
+    rsparse_budget: float = 0.1  # R-Sparse: low-rank factors as a fraction of each weight's size
 
     def __post_init__(self):
+        from .rules import RULES, SELECTIONS
+
+        if self.rule not in RULES:
+            raise SponError(f"unknown rule {self.rule!r}; use one of {', '.join(RULES)}")
+        if self.selection not in SELECTIONS:
+            raise SponError(f"unknown selection {self.selection!r}; use one of {', '.join(SELECTIONS)}")
+        if self.allocation not in ALLOCATIONS:
+            raise SponError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+        if self.allocation == "greedy" and self.rule == "cats":
+            raise SponError("greedy allocation spreads sparsity over the linears of a block; CATS sparsifies only the MLP activation")
+        if not 0 < self.rsparse_budget <= 1:
+            raise SponError(f"rsparse_budget must be in (0, 1], got {self.rsparse_budget}")
         check_sparsity(self.sparsity, "sparsity")
         for pattern, value in self.overrides.items():
             check_sparsity(value, f"override {pattern!r}")

@@ -22,11 +22,15 @@ def collect_inputs(
     *,
     desc: str,
     progress: bool = True,
+    modules: dict[str, nn.Module] | None = None,
 ) -> None:
-    """Forward every batch of input_ids [B, T]; before each `SparseLinear` runs, call fn(name, module, x)."""
+    """Forward every batch of input_ids [B, T]; before each module runs, call fn(name, module, x).
+
+    modules: which modules (default every `SparseLinear`)."""
+    modules = sparse_modules(model) if modules is None else modules
     handles = [
         mod.register_forward_pre_hook(lambda m, args, name=name: fn(name, m, args[0]))
-        for name, mod in sparse_modules(model).items()
+        for name, mod in modules.items()
     ]
     device = next(model.parameters()).device
     total = len(batches) if hasattr(batches, "__len__") else None

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rules import keep_mask, score
 from .threshold import apply_to_positions, sparsified_positions
 
 __all__ = ["SparseLinear", "is_linear", "linear_shape"]
@@ -48,6 +49,10 @@ class SparseLinear(nn.Module):
         self.register_buffer("folded_bias", None)  # b + W alpha once folded
         self.neurons: nn.Parameter | None = None  # ablation: [out, k] output weights of k spontaneous neurons
         self.rates: nn.Parameter | None = None  # ablation: [k] their constant activations
+        self.score_scale: torch.Tensor | None = None  # WINA: the weight's column norms [in]; None: plain |x|
+        self.keep: int | None = None  # top-k selection: entries kept per token; None: the calibrated threshold
+        self.lowrank_u: torch.Tensor | None = None  # R-Sparse: W ~ U V; the dropped part goes through U V
+        self.lowrank_v: torch.Tensor | None = None
         self.decode_wt: torch.Tensor | None = None  # input-major weight [in, out] for the decode kernel (prepare_decode_)
         self.use_kernel = True  # False inside `masked_dense(model)`: single tokens go through F.linear too
         self.sparse = True  # False inside `dense(model)`
@@ -69,6 +74,7 @@ class SparseLinear(nn.Module):
         mod.tokens, mod.last_fraction = tokens, last_fraction
         mod.neurons = mod.rates = None
         mod.decode_wt, mod.use_kernel = None, True
+        mod.score_scale = mod.keep = mod.lowrank_u = mod.lowrank_v = None
         return mod
 
     def to_linear(self) -> nn.Module:
@@ -94,26 +100,37 @@ class SparseLinear(nn.Module):
     def sparse_input(self, x: torch.Tensor) -> torch.Tensor:
         """S(x) on the selected tokens; x: [..., T, in_features]."""
         positions = sparsified_positions(x.shape[-2] if x.dim() >= 2 else 1, self.tokens, self.last_fraction)
-        xs = apply_to_positions(x, self.threshold, positions)
-        if self.stats is not None:
-            sel = x[..., positions, :] if x.dim() >= 2 else x
-            self.stats[0] += float((sel.abs() <= self.threshold).sum())
-            self.stats[1] += float(sel.numel())
+        xs, mask = apply_to_positions(x, positions, self.select)
+        if self.stats is not None and mask is not None:
+            self.stats[0] += float((~mask).sum())
+            self.stats[1] += float(mask.numel())
         return xs
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """The kept entries of x (boolean mask): score above the threshold, or the top `keep` of each token."""
+        return keep_mask(score(x, self.score_scale), self.threshold, self.keep)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """What the threshold is compared with: |x|, or |x| times the column norms (WINA)."""
+        return score(x, self.score_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.sparse:
             return F.linear(x, self.matrix, self.bias)
-        if self.decode_wt is not None and self.use_kernel and x.numel() == self.in_features and self.stats is None:
+        if (self.decode_wt is not None and self.use_kernel and x.numel() == self.in_features and self.stats is None
+                and self.score_scale is None and self.keep is None and self.lowrank_u is None):
             y = self._decode(x)
             if y is not None:
                 return y
         xs = self.sparse_input(x)
         if self.folded:
-            return F.linear(xs, self.matrix, self.folded_bias)
-        y = F.linear(xs + self.alpha.to(xs.dtype), self.matrix, self.bias)
-        if self.neurons is not None:
-            y = y + (self.neurons @ self.rates).to(y.dtype)
+            y = F.linear(xs, self.matrix, self.folded_bias)
+        else:
+            y = F.linear(xs + self.alpha.to(xs.dtype), self.matrix, self.bias)
+            if self.neurons is not None:
+                y = y + (self.neurons @ self.rates).to(y.dtype)
+        if self.lowrank_u is not None:  # R-Sparse: the dropped inputs through the low-rank W
+            y = y + F.linear(F.linear(x - xs, self.lowrank_v.to(x.dtype)), self.lowrank_u.to(x.dtype))
         return y
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor | None:

@@ -6,13 +6,17 @@ import contextlib
 import re
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from .config import SparsityConfig
 from .errors import SponError
+from .sparse_activation import MLP_ACTIVATION, SparseActivation
 from .sparse_linear import SparseLinear, is_linear
 
-__all__ = ["sparsify_", "unsparsify_", "target_linears", "sparse_modules", "dense", "without_spon", "measure_sparsity"]
+__all__ = [
+    "sparsify_", "unsparsify_", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
+]
 
 
 def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Module]:
@@ -28,6 +32,44 @@ def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Mod
 def sparse_modules(model: nn.Module) -> dict[str, SparseLinear]:
     """Every `SparseLinear` of a sparsified model, by qualified name."""
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, SparseLinear)}
+
+
+def sparse_activations(model: nn.Module) -> dict[str, SparseActivation]:
+    """Every `SparseActivation` (CATS) of a sparsified model, by qualified name."""
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, SparseActivation)}
+
+
+def _switchable(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (SparseLinear, SparseActivation))]
+
+
+@torch.no_grad()
+def _apply_rule(model: nn.Module, config: SparsityConfig) -> None:
+    """Set the rule's per-layer state: WINA column norms, R-Sparse low-rank factors, top-k counts, CATS wrappers."""
+    from .rules import column_norms, keep_count, low_rank
+
+    for name, m in sparse_modules(model).items():
+        m.score_scale = column_norms(m.matrix).to(m.weight.device) if config.rule == "wina" else None
+        if config.rule == "rsparse":
+            u, v = low_rank(m.matrix, config.rsparse_budget)
+            m.lowrank_u, m.lowrank_v = u.to(m.weight.device), v.to(m.weight.device)
+        else:
+            m.lowrank_u = m.lowrank_v = None
+        m.keep = keep_count(m.in_features, config.sparsity_for(name)) if config.selection == "topk" and config.rule != "cats" else None
+    if config.rule == "cats":
+        for name, act in list(model.named_modules()):
+            if MLP_ACTIVATION.search(name) and not isinstance(act, SparseActivation):
+                _set_submodule(model, name, SparseActivation(act, config.tokens, config.last_fraction))
+        acts = sparse_activations(model)
+        if not acts:
+            raise SponError(
+                f"CATS needs the MLP activation modules (mlp.act_fn / mlp.act) of {type(model).__name__}; none found"
+            )
+        for m in sparse_modules(model).values():
+            m.threshold.fill_(0.0)  # only the zeros CATS makes are skipped (and counted)
+        for name, act in acts.items():
+            act.threshold = act.threshold.to(next(model.parameters()).device)
+            act.topk_sparsity = config.sparsity_for(name) if config.selection == "topk" else None
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -55,6 +97,7 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None) -> dict[st
         )
     for name, lin in targets.items():
         _set_submodule(model, name, SparseLinear.from_linear(lin, config.tokens, config.last_fraction))
+    _apply_rule(model, config)
     model.spon_config = config
     return sparse_modules(model)
 
@@ -63,6 +106,8 @@ def unsparsify_(model: nn.Module) -> nn.Module:
     """Put plain `nn.Linear` modules back (dropping thresholds, alphas and folded biases)."""
     for name, mod in sparse_modules(model).items():
         _set_submodule(model, name, mod.to_linear())
+    for name, act in sparse_activations(model).items():
+        _set_submodule(model, name, act.act)
     if hasattr(model, "spon_config"):
         del model.spon_config
     return model
@@ -71,7 +116,7 @@ def unsparsify_(model: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def dense(model: nn.Module) -> Iterator[nn.Module]:
     """Inside this block the model computes exactly as the dense original (no sparsity, no SPON)."""
-    mods = list(sparse_modules(model).values())
+    mods = _switchable(model)
     before = [m.sparse for m in mods]
     for m in mods:
         m.sparse = False
@@ -90,7 +135,8 @@ def measure_sparsity(model: nn.Module) -> Iterator[dict]:
     the quantity that sets the ideal decode speed-up; `entries` is the plain fraction of zeroed entries.
     """
     mods = sparse_modules(model)
-    for m in mods.values():
+    acts = sparse_activations(model)
+    for m in [*mods.values(), *acts.values()]:
         m.stats = [0.0, 0.0]
     result: dict = {}
     try:
@@ -103,7 +149,10 @@ def measure_sparsity(model: nn.Module) -> Iterator[dict]:
         result["entries"] = zeros / total if total else 0.0
         result["weighted"] = wz / wt if wt else 0.0
         result["per_layer"] = {n: (m.stats[0] / m.stats[1] if m.stats[1] else 0.0) for n, m in mods.items()}
-        for m in mods.values():
+        if acts:  # CATS: the fraction of MLP activation channels zeroed
+            za, ta = sum(a.stats[0] for a in acts.values()), sum(a.stats[1] for a in acts.values())
+            result["activations"] = za / ta if ta else 0.0
+        for m in [*mods.values(), *acts.values()]:
             m.stats = None
 
 

@@ -39,14 +39,21 @@ def sparsified_positions(seq_len: int, tokens: str, last_fraction: float) -> sli
     return slice(int(round(seq_len * (1.0 - last_fraction))), seq_len)
 
 
-def apply_to_positions(x: torch.Tensor, tau: torch.Tensor, positions: slice) -> torch.Tensor:
-    """Sparsify x: [..., T, D] at the selected positions of T, leaving the others dense."""
+def apply_to_positions(x: torch.Tensor, positions: slice, mask_fn) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x * mask_fn(x) at the selected positions of x: [..., T, D], the other tokens left dense.
+
+    Returns (sparsified x, the mask over the selected positions, or None when no position is selected).
+    """
     if x.dim() < 2:
-        return sparsify(x, tau)
+        mask = mask_fn(x)
+        return x * mask.to(x.dtype), mask
     T = x.shape[-2]
     start, stop, _ = positions.indices(T)
-    if start == 0 and stop == T:
-        return sparsify(x, tau)
     if start >= stop:
-        return x
-    return torch.cat([x[..., :start, :], sparsify(x[..., start:stop, :], tau), x[..., stop:, :]], dim=-2)
+        return x, None
+    if start == 0 and stop == T:
+        mask = mask_fn(x)
+        return x * mask.to(x.dtype), mask
+    sel = x[..., start:stop, :]
+    mask = mask_fn(sel)
+    return torch.cat([x[..., :start, :], sel * mask.to(x.dtype), x[..., stop:, :]], dim=-2), mask
