@@ -117,3 +117,61 @@ def test_cats_zeroes_the_same_channels_for_up_and_down():
 def test_unknown_rule_is_refused():
     with pytest.raises(spon.SponError, match="unknown rule"):
         spon.SparsityConfig(rule="magic")
+
+
+def test_greedy_allocation_keeps_the_weighted_average_per_block(arch):
+    from spon.allocate import block_of, greedy_allocate_
+
+    model = make_model(arch)
+    cfg = spon.SparsityConfig(sparsity=0.5, allocation="greedy")
+    spon.sparsify_(model, cfg)
+    batches = [random_ids(2, 32, seed=s) for s in range(3)]
+    new = greedy_allocate_(model, batches, cfg, step=0.05, progress=False)
+    mods = spon.sparse_modules(model)
+    levels = {n: new.sparsity_for(n) for n in mods}
+    for block in {block_of(n) for n in mods}:
+        names = [n for n in mods if block_of(n) == block]
+        size = {n: mods[n].out_features * mods[n].in_features for n in names}
+        avg = sum(levels[n] * size[n] for n in names) / sum(size.values())
+        assert abs(avg - 0.5) < 1e-3, (block, avg)
+    assert len(set(round(v, 3) for v in levels.values())) > 1  # not uniform
+    assert model.spon_config.overrides == new.overrides
+    ids = random_ids(2, 32, seed=7)
+    with torch.no_grad(), spon.measure_sparsity(model) as sp:
+        model(input_ids=ids)
+    assert abs(sp["weighted"] - 0.5) < 0.1
+
+
+def test_greedy_allocation_cli_writes_per_module_overrides(capsys, model_folder, tmp_path):
+    import json
+
+    from conftest import random_text
+    from spon.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(6000))
+    art = tmp_path / "art"
+    assert main(["calibrate", "--model", str(model_folder), "--data", str(text), "--out", str(art), "--quiet",
+                 "--calib-tokens", "512", "--allocation", "greedy", "--rule", "wina"]) == 0
+    meta = json.loads((art / "spon_config.json").read_text())
+    assert meta["sparsity"]["allocation"] == "greedy" and meta["sparsity"]["rule"] == "wina"
+    assert len(meta["sparsity"]["overrides"]) == len(meta["modules"])
+
+
+def test_compare_cli_runs_every_method(capsys, model_folder, tmp_path):
+    import json
+
+    from conftest import random_text
+    from spon.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(20000, distinct=8))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", str(model_folder), "--data", str(text), "--out", str(out), "--quiet", "--calib-tokens", "512",
+                 "--steps", "2", "--seq-len", "32", "--ctx-len", "32", "--train-sequences", "8"]) == 0
+    r = json.loads((out / "compare.json").read_text())
+    assert [x["method"] for x in r["rows"]] == ["teal", "teal-greedy", "wina", "cats", "rsparse", "topk"]
+    assert (out / "compare.png").is_file() and "| cats |" in (out / "compare.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", "--methods", "teal,nope", "--model", str(model_folder)]) == 2
+    assert "unknown method(s) nope" in capsys.readouterr().err

@@ -53,6 +53,11 @@ def _sparsity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--override", action="append", default=[], metavar="REGEX=S",
                    help="per-layer sparsity for modules whose name matches REGEX, e.g. 'mlp\\.down_proj=0.3' (repeatable)")
     p.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens for thresholds (default 8192)")
+    p.add_argument("--rule", default="magnitude", choices=["magnitude", "wina", "cats", "rsparse"],
+                   help="selection rule: magnitude (TEAL), wina, cats (MLP activations), rsparse (low-rank for dropped inputs)")
+    p.add_argument("--selection", default="threshold", choices=["threshold", "topk"], help="calibrated threshold or exact per-token top-k")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "greedy"], help="uniform, or TEAL's greedy per-block allocation")
+    p.add_argument("--rsparse-budget", type=float, default=0.1, help="R-Sparse low-rank size as a fraction of each weight (default 0.1)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -96,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsities", type=_sparsities, default=(0.25, 0.4, 0.5, 0.6, 0.7), help="comma-separated (default 0.25,0.4,0.5,0.6,0.7)")
     p.add_argument("--eval-data", default=None, help="evaluate on this corpus's held-out split instead (cross-domain), e.g. stdlib")
     p.add_argument("--out", default="sweep_out", help="output folder (default sweep_out)")
+
+    p = sub.add_parser("compare", help="each peer's rule with and without SPON at the same sparsity: table + plot")
+    _common(p); _sparsity_args(p); _train_args(p); _eval_args(p)
+    p.add_argument("--methods", default="teal,teal-greedy,wina,cats,rsparse,topk", help="comma-separated (default all)")
+    p.add_argument("--no-spon", action="store_true", help="plain sparsity only (no SPON training)")
+    p.add_argument("--out", default="compare_out")
 
     p = sub.add_parser("bench", help="benchmarks, measured side by side in one run (JSON)")
     bench = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
@@ -179,7 +190,8 @@ def _sparsity_config(a) -> SparsityConfig:
             overrides[pattern] = float(value)
         except ValueError:
             raise SponError(f"--override {item!r}: {value!r} is not a number") from None
-    return SparsityConfig(sparsity=a.sparsity, tokens=a.tokens, last_fraction=a.last_fraction, overrides=overrides)
+    return SparsityConfig(sparsity=a.sparsity, tokens=a.tokens, last_fraction=a.last_fraction, overrides=overrides, rule=a.rule,
+                          selection=a.selection, allocation=a.allocation, rsparse_budget=a.rsparse_budget)
 
 
 def _train_config(a) -> TrainConfig:
@@ -344,6 +356,18 @@ def run(a) -> int:
         return 0
     if a.command == "bench":
         return _bench(a, progress)
+    if a.command == "compare":
+        from .compare import METHODS, CompareConfig, run_compare
+
+        methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise SponError(f"unknown method(s) {', '.join(bad) or '(none)'}; use some of {', '.join(METHODS)}")
+        cfg = CompareConfig(model=a.model, out=a.out, data=a.data, dtype=a.dtype, methods=methods, sparsity=_sparsity_config(a),
+                            train=_train_config(a), spon=not a.no_spon, protocol=_protocol(a), calib_tokens=a.calib_tokens)
+        run_compare(cfg, progress=progress)
+        print((Path(a.out) / "compare.md").read_text())
+        return 0
     if a.command in ("calibrate", "train"):
         from . import distributed as dd
 

@@ -67,7 +67,12 @@ def calibrate_model(
         raise SponError(f"calibration text has {ids.numel()} tokens, fewer than one {seq_len}-token sequence; give more text")
     sparsify_(lm.model, config)
     t0 = time.time()
-    calibrate_(lm.model, list(seqs.split(batch_size)), config, seed=seed, progress=progress)
+    if config.allocation == "greedy":
+        from .allocate import greedy_allocate_
+
+        greedy_allocate_(lm.model, list(seqs.split(batch_size)), config, seed=seed, progress=progress)
+    else:
+        calibrate_(lm.model, list(seqs.split(batch_size)), config, seed=seed, progress=progress)
     return {
         "data": splits.source,
         "split": "calibration",

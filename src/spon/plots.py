@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .atomic import atomic_file
 
-__all__ = ["plot_sweep", "plot_gemv", "plot_decode", "plot_diagnose"]
+__all__ = ["plot_sweep", "plot_gemv", "plot_decode", "plot_diagnose", "plot_compare"]
 
 
 def _plt():
@@ -156,3 +156,22 @@ def plot_diagnose(r: dict, out: Path) -> list[str]:
     _save(fig, out / "always_active.png")
     plt.close(fig)
     return ["drift.png", "always_active.png"]
+
+
+def plot_compare(r: dict, out: Path) -> list[str]:
+    """compare.png: held-out perplexity of each method, sparse and sparse+SPON, against dense."""
+    plt = _plt()
+    rows = r["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [x["ppl_sparse"] for x in rows], 0.4, label="sparse")
+    ax.bar([x + 0.2 for x in xs], [x["ppl_spon"] or 0 for x in rows], 0.4, label="sparse + SPON")
+    ax.axhline(r["ppl_dense"], color="k", ls="--", label=f"dense ({r['ppl_dense']:.2f})")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([x["method"] for x in rows])
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title(f"{r['model']['name']} at {r['sparsity']:.0%} sparsity")
+    ax.legend()
+    _save(fig, out / "compare.png")
+    plt.close(fig)
+    return ["compare.png"]

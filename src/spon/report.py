@@ -15,7 +15,7 @@ from .errors import SponError
 
 __all__ = ["build_report", "KNOWN_FILES"]
 
-KNOWN_FILES = ("metrics.json", "eval.json", "sweep.json", "diagnose.json", "step.json", "gemv.json", "decode.json")
+KNOWN_FILES = ("metrics.json", "eval.json", "sweep.json", "compare.json", "diagnose.json", "step.json", "gemv.json", "decode.json")
 
 
 def _machine(m: dict | None) -> str:
@@ -94,7 +94,13 @@ def _decode(r: dict) -> list[str]:
     return lines
 
 
-RENDER = {"metrics.json": ("Demo", _demo), "eval.json": ("Evaluation", _eval), "sweep.json": ("Sparsity sweep", _sweep),
+def _compare(r: dict) -> list[str]:
+    from .compare import render_compare
+
+    return [line for line in render_compare(r).splitlines()[2:] if not line.startswith("![")]
+
+
+RENDER = {"compare.json": ("Selection rules compared", _compare), "metrics.json": ("Demo", _demo), "eval.json": ("Evaluation", _eval), "sweep.json": ("Sparsity sweep", _sweep),
           "diagnose.json": ("Diagnostics", _diagnose), "step.json": ("Training step cost", _step),
           "gemv.json": ("Sparse GEMV kernel", _gemv), "decode.json": ("Decode speed", _decode)}
 
@@ -132,6 +138,6 @@ def build_report(inputs: list[str | Path], out: str | Path, title: str = "spon r
 
 
 def _belongs(png: str, json_name: str) -> bool:
-    owners = {"sweep.json": ("perplexity", "gap_recovered", "spon_norms"), "diagnose.json": ("drift", "always_active"),
+    owners = {"compare.json": ("compare",), "sweep.json": ("perplexity", "gap_recovered", "spon_norms"), "diagnose.json": ("drift", "always_active"),
               "gemv.json": ("gemv",), "decode.json": ("decode",)}
     return png.rsplit(".", 1)[0] in owners.get(json_name, ())

@@ -1,0 +1,134 @@
+"""TEAL's block-wise greedy allocation: per-projection sparsities with the target's parameter-weighted
+average, chosen to keep each decoder block's output close to the dense one.
+
+For each block, from all-dense, repeatedly raise one projection's sparsity by a step scaled by its size
+(so the block's parameter-weighted average rises by the same amount whichever is chosen), keeping the
+move that least increases the block's relative output error on calibration activations; stop at the
+target average. Weights come from the module shapes (out x in), thresholds from the same streamed
+samples of the dense inputs as `calibrate_`. The result is written into the config as exact per-module
+overrides, so artifacts carry it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import SparsityConfig
+from .hooks import collect_inputs
+from .reservoir import Reservoir
+from .sparsify import dense, sparse_modules
+from .threshold import sparsified_positions
+
+__all__ = ["greedy_allocate_", "block_of"]
+
+MAX_LAYER_SPARSITY = 0.99
+
+
+def block_of(name: str) -> str | None:
+    """'model.layers.3.mlp.down_proj' -> 'model.layers.3' (the first numbered component)."""
+    m = re.match(r"^(.*?\.\d+)\.", name)
+    return m.group(1) if m else None
+
+
+def _tau(sorted_samples: torch.Tensor, sparsity: float) -> float:
+    if sparsity <= 0 or sorted_samples.numel() == 0:
+        return -1.0
+    k = max(1, min(sorted_samples.numel(), math.ceil(sparsity * sorted_samples.numel())))
+    return float(sorted_samples[k - 1])
+
+
+@torch.no_grad()
+def greedy_allocate_(
+    model: nn.Module, batches: Iterable[torch.Tensor], config: SparsityConfig, *, step: float = 0.02, seed: int = 0,
+    samples_per_layer: int = 262144, progress: bool = True,
+) -> SparsityConfig:
+    """Allocate and calibrate in place; returns the config with per-module overrides (also model.spon_config).
+
+    batches: input_ids [B, T]; all feed the threshold samples, the first one the block output errors.
+    step: how much one move raises a block's parameter-weighted average sparsity.
+    """
+    mods = sparse_modules(model)
+    batches = list(batches)
+    tokens = "all" if config.tokens == "decode" else config.tokens
+    reservoirs = {n: Reservoir(samples_per_layer) for n in mods}
+    gen = torch.Generator()
+
+    def record(name, mod, x):
+        pos = sparsified_positions(x.shape[-2], tokens, config.last_fraction)
+        reservoirs[name].add(mod.scores(x[..., pos, :]), gen)
+
+    def seeded():
+        for i, b in enumerate(batches):
+            gen.manual_seed(seed * 1_000_003 + i)
+            yield b
+
+    with dense(model):
+        collect_inputs(model, seeded(), record, desc="allocation: input samples", progress=progress)
+    samples = {n: r.values.sort().values for n, r in reservoirs.items()}
+
+    groups: dict[str, list[str]] = {}
+    for n in mods:
+        groups.setdefault(block_of(n) or n, []).append(n)
+    captured: dict[str, tuple] = {}
+    handles = []
+    for block in groups:
+        sub = model.get_submodule(block)
+
+        def pre(m, args, kwargs, block=block):
+            captured[block] = (args, dict(kwargs))
+
+        def post(m, args, kwargs, out, block=block):
+            captured[block] = (*captured[block], out[0] if isinstance(out, tuple) else out)
+
+        handles += [sub.register_forward_pre_hook(pre, with_kwargs=True), sub.register_forward_hook(post, with_kwargs=True)]
+    device = next(model.parameters()).device
+    try:
+        with dense(model):
+            model(input_ids=batches[0].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+    chosen: dict[str, float] = {}
+    for block, names in tqdm(groups.items(), desc="allocation: blocks", disable=not progress):
+        args, kwargs, ref = captured[block]
+        sub = model.get_submodule(block)
+        size = {n: mods[n].out_features * mods[n].in_features for n in names}
+        total = sum(size.values())
+
+        def error(levels: dict[str, float]) -> float:
+            for n in names:
+                mods[n].threshold.fill_(_tau(samples[n], levels[n]))
+            out = sub(*args, **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            return float((out.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30))
+
+        levels, avg = {n: 0.0 for n in names}, 0.0
+        target = config.sparsity
+        while avg < target - 1e-9:
+            inc = min(step, target - avg)
+            best = None
+            for n in names:
+                ds = inc * total / size[n]
+                if levels[n] + ds > MAX_LAYER_SPARSITY:
+                    continue
+                e = error({**levels, n: levels[n] + ds})
+                if best is None or e < best[0]:
+                    best = (e, n, ds)
+            if best is None:
+                break  # every projection is at its limit
+            levels[best[1]] += best[2]
+            avg += inc
+        chosen.update(levels)
+    for n, m in mods.items():
+        m.threshold.fill_(_tau(samples[n], chosen[n]))
+    overrides = {f"^{re.escape(n)}$": round(min(s, MAX_LAYER_SPARSITY), 6) for n, s in chosen.items()}
+    new = SparsityConfig.from_dict({**config.to_dict(), "overrides": overrides})
+    model.spon_config = new
+    return new
