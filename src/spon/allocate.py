@@ -50,7 +50,7 @@ def greedy_allocate_(
 ) -> SparsityConfig:
     """Allocate and calibrate in place; returns the config with per-module overrides (also model.spon_config).
 
-    batches: input_ids [B, T]; all feed the threshold samples, the first one the block output errors.
+    batches: input_ids [B, T]; all feed the threshold samples, the first sequence the block output errors.
     step: how much one move raises a block's parameter-weighted average sparsity.
     """
     mods = sparse_modules(model)
@@ -90,7 +90,7 @@ def greedy_allocate_(
     device = next(model.parameters()).device
     try:
         with dense(model):
-            model(input_ids=batches[0].to(device), use_cache=False)
+            model(input_ids=batches[0][:1].to(device), use_cache=False)  # one sequence scores the moves
     finally:
         for h in handles:
             h.remove()
