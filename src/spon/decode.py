@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .fold import fold_
-from .sparsify import sparse_modules
+from .sparsify import set_attr, sparse_modules
 
 __all__ = ["prepare_decode_", "masked_dense", "decode_backend"]
 
@@ -45,15 +45,8 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
 @contextlib.contextmanager
 def masked_dense(model: nn.Module) -> Iterator[nn.Module]:
     """Inside this block single tokens take the plain path too (F.linear on the masked input): the reference."""
-    mods = list(sparse_modules(model).values())
-    before = [m.use_kernel for m in mods]
-    for m in mods:
-        m.use_kernel = False
-    try:
+    with set_attr(list(sparse_modules(model).values()), "use_kernel", False):
         yield model
-    finally:
-        for m, b in zip(mods, before):
-            m.use_kernel = b
 
 
 def decode_backend(model: nn.Module) -> str:

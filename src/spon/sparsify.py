@@ -114,17 +114,23 @@ def unsparsify_(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def dense(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside this block the model computes exactly as the dense original (no sparsity, no SPON)."""
-    mods = _switchable(model)
-    before = [m.sparse for m in mods]
+def set_attr(mods: list[nn.Module], attr: str, value) -> Iterator[None]:
+    """Set `attr` on every module for the block, then put each one's own value back."""
+    before = [getattr(m, attr) for m in mods]
     for m in mods:
-        m.sparse = False
+        setattr(m, attr, value)
     try:
-        yield model
+        yield
     finally:
         for m, b in zip(mods, before):
-            m.sparse = b
+            setattr(m, attr, b)
+
+
+@contextlib.contextmanager
+def dense(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside this block the model computes exactly as the dense original (no sparsity, no SPON)."""
+    with set_attr(_switchable(model), "sparse", False):
+        yield model
 
 
 @contextlib.contextmanager
