@@ -11,7 +11,6 @@ overrides, so artifacts carry it.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 
@@ -20,10 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import SparsityConfig
-from .hooks import collect_inputs
-from .reservoir import Reservoir
+from .calibrate import SAMPLES_PER_LAYER, sample_scores
 from .sparsify import dense, sparse_modules
-from .threshold import sparsified_positions
+from .threshold import order_statistic
 
 __all__ = ["greedy_allocate_", "block_of"]
 
@@ -37,16 +35,15 @@ def block_of(name: str) -> str | None:
 
 
 def _tau(sorted_samples: torch.Tensor, sparsity: float) -> float:
-    if sparsity <= 0 or sorted_samples.numel() == 0:
-        return -1.0
-    k = max(1, min(sorted_samples.numel(), math.ceil(sparsity * sorted_samples.numel())))
-    return float(sorted_samples[k - 1])
+    """`threshold_from_samples` on samples sorted once (the greedy search asks for many sparsities)."""
+    k = order_statistic(sorted_samples.numel(), sparsity)
+    return -1.0 if k is None else float(sorted_samples[k - 1])
 
 
 @torch.no_grad()
 def greedy_allocate_(
     model: nn.Module, batches: Iterable[torch.Tensor], config: SparsityConfig, *, step: float = 0.02, seed: int = 0,
-    samples_per_layer: int = 262144, progress: bool = True,
+    samples_per_layer: int = SAMPLES_PER_LAYER, progress: bool = True,
 ) -> SparsityConfig:
     """Allocate and calibrate in place; returns the config with per-module overrides (also model.spon_config).
 
@@ -55,21 +52,8 @@ def greedy_allocate_(
     """
     mods = sparse_modules(model)
     batches = list(batches)
-    tokens = "all" if config.tokens == "decode" else config.tokens
-    reservoirs = {n: Reservoir(samples_per_layer) for n in mods}
-    gen = torch.Generator()
-
-    def record(name, mod, x):
-        pos = sparsified_positions(x.shape[-2], tokens, config.last_fraction)
-        reservoirs[name].add(mod.scores(x[..., pos, :]), gen)
-
-    def seeded():
-        for i, b in enumerate(batches):
-            gen.manual_seed(seed * 1_000_003 + i)
-            yield b
-
-    with dense(model):
-        collect_inputs(model, seeded(), record, desc="allocation: input samples", progress=progress)
+    reservoirs = sample_scores(model, batches, config, mods, seed=seed, samples_per_layer=samples_per_layer,
+                               progress=progress, desc="allocation: input samples")
     samples = {n: r.values.sort().values for n, r in reservoirs.items()}
 
     groups: dict[str, list[str]] = {}

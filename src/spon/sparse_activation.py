@@ -43,7 +43,3 @@ class SparseActivation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"threshold={float(self.threshold):.4g}, topk_sparsity={self.topk_sparsity}"
-
-    @property
-    def keep(self):  # calibration skips top-k modules
-        return self.topk_sparsity

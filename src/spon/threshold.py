@@ -6,12 +6,19 @@ import math
 
 import torch
 
-__all__ = ["sparsify", "threshold_from_samples", "sparsified_positions", "apply_to_positions"]
+__all__ = ["sparsify", "order_statistic", "threshold_from_samples", "sparsified_positions", "apply_to_positions"]
 
 
 def sparsify(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """S(x) = x * (|x| > tau): entries at or below the threshold become exactly zero."""
     return x * (x.abs() > tau).to(x.dtype)
+
+
+def order_statistic(n: int, sparsity: float) -> int | None:
+    """Which order statistic (1-based) of n samples is the threshold for `sparsity`; None: drop nothing."""
+    if sparsity <= 0.0 or n == 0:
+        return None
+    return max(1, min(n, math.ceil(sparsity * n)))
 
 
 def threshold_from_samples(samples: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -20,9 +27,9 @@ def threshold_from_samples(samples: torch.Tensor, sparsity: float) -> torch.Tens
     Uses the exact order statistic (kthvalue), with no size limit, so calibration is reproducible.
     """
     samples = samples.flatten().float()
-    if sparsity <= 0.0 or samples.numel() == 0:
+    k = order_statistic(samples.numel(), sparsity)
+    if k is None:
         return torch.tensor(-1.0)  # nothing is <= -1: no entry is dropped
-    k = max(1, min(samples.numel(), math.ceil(sparsity * samples.numel())))
     return samples.kthvalue(k).values
 
 

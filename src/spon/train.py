@@ -244,14 +244,10 @@ class _Checkpointer:
                 )
         return state
 
-    def remove(self) -> None:
-        if dd.is_main() and self.path.is_file():
-            self.path.unlink()
-
 
 def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, progress: bool,
               ckpt: _Checkpointer | None = None, state: dict | None = None, on_step=None) -> TrainResult:
-    world, me = dd.world_size(), dd.rank()
+    world = dd.world_size()
     if config.batch_size % world:
         raise SponError(f"batch_size {config.batch_size} must be a multiple of the {world} processes")
     if state is not None:
