@@ -54,6 +54,43 @@ def test_cpu_kernel_counts_kept_inputs():
     assert kept == 3 and torch.equal(y, torch.tensor([0.5, 0.5]))  # -2 + 3 - 0.5
 
 
+@needs_cc
+def test_cpu_kernel_bf16_output_rounds_like_torch():
+    """A bf16 x and y go through the kernel directly; y is the fp32 accumulator rounded to nearest-even."""
+    k = cpu.cpu_kernel()
+    g = torch.Generator().manual_seed(5)
+    wt = torch.randn(300, 517, generator=g).to(torch.bfloat16)
+    bias = torch.randn(517, generator=g)
+    for scale in (1.0, 1e-3, 1e3):
+        x = (torch.randn(300, generator=g) * scale).to(torch.bfloat16)
+        y16, kept16 = k.gemv(x, wt, bias, 0.3 * scale)
+        y32, kept32 = k.gemv(x.float(), wt, bias, 0.3 * scale)
+        assert y16.dtype == torch.bfloat16 and kept16 == kept32
+        assert torch.equal(y16, y32.to(torch.bfloat16))  # same sums, same rounding as torch
+
+
+@needs_cc
+def test_decode_plan_follows_threshold_and_bias_changes():
+    """The per-layer plan is prepared once; changing the threshold or folding new vectors rebuilds it."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    m = spon.SparseLinear.from_linear(lin)
+    m.threshold.fill_(0.5)
+    m.decode_wt = m.weight.detach().t().contiguous()
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        first = m(x)
+        torch.testing.assert_close(first, lin(x * (x.abs() > 0.5)))
+        m.threshold.fill_(1.0)
+        torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0)))
+        m.alpha.fill_(0.1)  # unfolded vectors: the plain path, not a stale plan
+        torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0) + 0.1))
+        spon.fold_(m)
+        assert m._plan is None or m._plan_key[3] != m.alpha._version
+        torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0) + 0.1))
+        assert m._plan is not None  # folded: the kernel again
+
+
 def test_fallback_warns_and_still_computes(monkeypatch):
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setattr(cpu.shutil, "which", lambda name: None)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .kernels import cpu_kernel, reference_gemv, sparse_gemv
+from .kernels import GemvPlan, cpu_kernel, reference_gemv
 
 __all__ = ["bench_gemv", "read_bandwidth", "POOL_BYTES"]
 
@@ -62,12 +62,15 @@ def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: l
         wts = [w.t().contiguous() for w in ws]
         xs = [torch.randn(n_in, generator=gen).to(dtype) for _ in range(16)]
         bias = torch.randn(n_out, generator=gen).to(dtype)
+        plans = plans0 = None
         for s in sparsities:
             tau = _tau(s)
+            plans = [GemvPlan(wt, bias, tau, dtype) for wt in wts]  # prepared once per layer, as in decoding
+            plans0 = [GemvPlan(wt, bias, -1.0, dtype) for wt in wts]
             methods = {
                 "dense_F.linear": lambda i: F.linear(xs[i % 16].view(1, -1), ws[i % copies], bias),
-                "kernel": lambda i: sparse_gemv(xs[i % 16], wts[i % copies], bias, tau),
-                "kernel_0pct": lambda i: sparse_gemv(xs[i % 16], wts[i % copies], bias, -1.0),
+                "kernel": lambda i: plans[i % copies](xs[i % 16]),
+                "kernel_0pct": lambda i: plans0[i % copies](xs[i % 16]),
                 "torch_reference": lambda i: reference_gemv(xs[i % 16], wts[i % copies], bias, tau),
             }
             times: dict[str, list[float]] = {k: [] for k in methods}
@@ -92,7 +95,7 @@ def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: l
                 "gbs_dense": full_bytes / med["dense_F.linear"] / 1e9,
                 "weight_copies": copies,
             })
-        del ws, wts
+        del ws, wts, plans, plans0
         bandwidth.append(read_bandwidth(0.5, pool_bytes))
     return {"pool_bytes": pool_bytes, "bandwidth_gbs": {"before": bandwidth[0], "between_cases": bandwidth[1:], "median": statistics.median(bandwidth)},
             "threads": torch.get_num_threads(), "repeats": repeats, "rows": rows}

@@ -55,6 +55,7 @@ class SparseLinear(nn.Module):
         self.lowrank_v: torch.Tensor | None = None
         self.decode_wt: torch.Tensor | None = None  # input-major weight [in, out] for the decode kernel (prepare_decode_)
         self.use_kernel = True  # False inside `masked_dense(model)`: single tokens go through F.linear too
+        self._plan, self._plan_key = None, None  # the prepared decode step (kernels.GemvPlan) and what it was built from
         self.sparse = True  # False inside `dense(model)`
         self.tokens, self.last_fraction = "all", 0.5
         self.stats: list[float] | None = None  # [zeros, entries] while measuring sparsity
@@ -74,6 +75,7 @@ class SparseLinear(nn.Module):
         mod.tokens, mod.last_fraction = tokens, last_fraction
         mod.neurons = mod.rates = None
         mod.decode_wt, mod.use_kernel = None, True
+        mod._plan, mod._plan_key = None, None
         mod.score_scale = mod.keep = mod.lowrank_u = mod.lowrank_v = None
         return mod
 
@@ -134,17 +136,24 @@ class SparseLinear(nn.Module):
         return y
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor | None:
-        """One token through the sparse GEMV kernel (W S(x) + bias, reading only kept rows); None: not possible."""
-        from .kernels import sparse_gemv
+        """One token through the sparse GEMV kernel (W S(x) + bias, reading only kept rows); None: not possible.
 
-        if self.folded:
-            bias = self.folded_bias
-        elif self.neurons is None and not self.alpha.any():
-            bias = self.bias
-        else:
-            return None  # unfolded SPON vectors: the plain path handles them
-        y = sparse_gemv(x.reshape(-1), self.decode_wt, bias, float(self.threshold))
-        return y.view(*x.shape[:-1], self.out_features)
+        The layer's plan (bias in float32, threshold, buffers) is built on the first call and rebuilt only
+        when the threshold, bias, vectors, layout or input dtype changed since.
+        """
+        bias = self.folded_bias if self.folded else self.bias
+        key = (x.dtype, id(self.decode_wt), self.threshold._version, self.alpha._version, id(bias),
+               bias._version if bias is not None else 0, self.neurons is None)
+        if self._plan_key != key:
+            self._plan = None
+            if self.folded or (self.neurons is None and not self.alpha.any()):  # unfolded vectors: the plain path
+                from .kernels import GemvPlan
+
+                self._plan = GemvPlan(self.decode_wt, bias, float(self.threshold), x.dtype)
+            self._plan_key = key
+        if self._plan is None:
+            return None
+        return self._plan(x.reshape(-1)).view(*x.shape[:-1], self.out_features)
 
     def spon_output(self) -> torch.Tensor:
         """What the spontaneous activity adds to the output, W alpha (+ neurons @ rates), in float32: [out]."""

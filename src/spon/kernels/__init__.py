@@ -1,17 +1,19 @@
 """Sparse-input GEMV kernels for batch-1 decode: y = W S(x) + b reading only the kept inputs' weight rows.
 
 `sparse_gemv` picks the CPU kernel (C, OpenMP) or the Triton kernel (CUDA) and falls back to the
-plain-torch reference, which defines the result every kernel must match.
+plain-torch reference, which defines the result every kernel must match. `GemvPlan` is one layer's
+decode step prepared once (bias in float32, threshold rounded, working buffers allocated), so a decode
+step costs one kernel call.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .cpu import cpu_kernel
+from .cpu import Scratch, cpu_kernel
 from .reference import reference_gemv
 
-__all__ = ["sparse_gemv", "reference_gemv", "cpu_kernel", "backend_for"]
+__all__ = ["sparse_gemv", "reference_gemv", "cpu_kernel", "backend_for", "GemvPlan"]
 
 
 def backend_for(x: torch.Tensor, wt: torch.Tensor) -> str:
@@ -24,20 +26,42 @@ def backend_for(x: torch.Tensor, wt: torch.Tensor) -> str:
     return "cpu" if k is not None and k.supports(wt.dtype) else "torch"
 
 
+class GemvPlan:
+    """W S(x) + b for single tokens of one dtype through one layer, with everything per-layer done once.
+
+    wt: [in, out] input-major, contiguous; bias: [out] or None; tau: the threshold; dtype: the inputs' dtype.
+    """
+
+    def __init__(self, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype):
+        self.wt, self.dtype, self.source_bias = wt, dtype, bias  # source_bias: holds the caller's tensor (its id keys plans)
+        self.backend = backend_for(torch.empty(0, device=wt.device), wt)
+        if dtype != torch.float32:  # torch compares a 16-bit x with tau rounded to x's dtype; so do the kernels
+            tau = float(torch.tensor(float(tau)).to(dtype))
+        self.tau = float(tau)
+        if self.backend == "cpu":
+            self.kernel = cpu_kernel()
+            self.bias = bias.float().contiguous() if bias is not None else None
+            self.scratch = Scratch(*wt.shape)
+            self.direct = dtype in self.kernel.IO  # x read and y written by the kernel itself
+        else:
+            self.bias = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [in] of the plan's dtype -> [out] of the same dtype; accumulation is float32."""
+        if self.backend == "cpu":
+            if self.direct:
+                return self.kernel.gemv(x.contiguous(), self.wt, self.bias, self.tau, self.scratch)[0]
+            return self.kernel.gemv(x.float().contiguous(), self.wt, self.bias, self.tau, self.scratch)[0].to(x.dtype)
+        if self.backend == "triton":
+            from .triton_gemv import triton_gemv
+
+            return triton_gemv(x, self.wt, self.bias, self.tau)
+        return reference_gemv(x, self.wt, self.bias, self.tau)
+
+
 def sparse_gemv(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: float) -> torch.Tensor:
     """W S(x) + b for one token. x: [in]; wt: [in, out] (input-major, contiguous); bias: [out] or None.
 
-    Returns [out] in x's dtype; accumulation is float32.
+    Returns [out] in x's dtype; accumulation is float32. For repeated calls on one layer, keep a `GemvPlan`.
     """
-    backend = backend_for(x, wt)
-    if x.dtype != torch.float32:  # torch compares a 16-bit x with tau rounded to x's dtype; so do the kernels
-        tau = float(torch.tensor(float(tau)).to(x.dtype))
-    if backend == "cpu":
-        b = bias.float() if bias is not None and bias.dtype != torch.float32 else bias
-        y, _ = cpu_kernel().gemv(x.float().contiguous(), wt, b, float(tau))
-        return y.to(x.dtype)
-    if backend == "triton":
-        from .triton_gemv import triton_gemv
-
-        return triton_gemv(x, wt, bias, float(tau))
-    return reference_gemv(x, wt, bias, tau)
+    return GemvPlan(wt, bias, tau, x.dtype)(x)

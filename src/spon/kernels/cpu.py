@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_kernel", "CpuKernel", "kernel_cache_dir"]
+__all__ = ["cpu_kernel", "CpuKernel", "Scratch", "kernel_cache_dir"]
 
 SOURCE = Path(__file__).with_name("sparse_gemv.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
@@ -57,40 +57,53 @@ def _build(cc: str) -> Path:
 
 
 class CpuKernel:
-    """ctypes binding: gemv(x, wt, bias, tau) -> (y [out] float32, kept count)."""
+    """ctypes binding: gemv(x, wt, bias, tau) -> (y [out] in x's dtype, kept count)."""
+
+    IO = (torch.float32, torch.bfloat16)  # x and y dtypes the kernel reads and writes directly
 
     def __init__(self, path: Path):
         self.path = path
         self.lib = ctypes.CDLL(str(path))
-        args = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float] + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        args = [p, i32, p, p, p, i32, p, i64, i64, ctypes.c_float, p, p, i32]
         self.fns = {}
         for dtype, name in ((torch.float32, "spon_gemv_f32"), (torch.bfloat16, "spon_gemv_bf16")):
             fn = getattr(self.lib, name)
-            fn.argtypes, fn.restype = args, ctypes.c_int64
+            fn.argtypes, fn.restype = args, i64
             self.fns[dtype] = fn
-        self.lib.spon_read_sum.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+        self.lib.spon_read_sum.argtypes = [p, i64, i32]
         self.lib.spon_read_sum.restype = ctypes.c_double
 
     def supports(self, dtype: torch.dtype) -> bool:
         return dtype in self.fns
 
     def gemv(self, x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: float,
-             idx: torch.Tensor | None = None, val: torch.Tensor | None = None, threads: int | None = None) -> tuple[torch.Tensor, int]:
-        """x: [in] float32 contiguous; wt: [in, out] float32 or bfloat16, contiguous; bias: [out] float32 or None."""
+             scratch: Scratch | None = None, threads: int | None = None) -> tuple[torch.Tensor, int]:
+        """x: [in] float32 or bfloat16, contiguous; wt: [in, out] float32 or bfloat16, contiguous;
+        bias: [out] float32 or None; scratch: reusable buffers (`Scratch(in, out)`). y has x's dtype."""
         n_in, n_out = wt.shape
-        y = torch.empty(n_out, dtype=torch.float32)
-        idx = idx if idx is not None else torch.empty(n_in, dtype=torch.int64)
-        val = val if val is not None else torch.empty(n_in, dtype=torch.float32)
+        s = scratch if scratch is not None else Scratch(n_in, n_out)
+        y = torch.empty(n_out, dtype=x.dtype)
+        acc = y if x.dtype == torch.float32 else s.acc
         kept = self.fns[wt.dtype](
-            x.data_ptr(), wt.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(),
-            n_in, n_out, tau, idx.data_ptr(), val.data_ptr(), threads or torch.get_num_threads(),
+            x.data_ptr(), int(x.dtype == torch.bfloat16), wt.data_ptr(), bias.data_ptr() if bias is not None else None,
+            y.data_ptr(), int(y.dtype == torch.bfloat16), acc.data_ptr(), n_in, n_out, tau,
+            s.idx.data_ptr(), s.val.data_ptr(), threads or torch.get_num_threads(),
         )
         return y, int(kept)
-
 
     def read_sum(self, buf: torch.Tensor, threads: int | None = None) -> float:
         """Sum of a float32 buffer: times how fast this machine reads memory with these threads."""
         return float(self.lib.spon_read_sum(buf.data_ptr(), buf.numel(), threads or torch.get_num_threads()))
+
+
+class Scratch:
+    """The kernel's working buffers for one layer shape, allocated once: kept indices and values, fp32 accumulator."""
+
+    def __init__(self, n_in: int, n_out: int):
+        self.idx = torch.empty(n_in, dtype=torch.int64)
+        self.val = torch.empty(n_in, dtype=torch.float32)
+        self.acc = torch.empty(n_out, dtype=torch.float32)
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,13 @@
  *
  * W is stored input-major (wt: [in, out], row i = the weights input i feeds), so each kept input is one
  * contiguous row. The kernel finds the kept inputs (|x_i| > tau), then each thread owns a contiguous slice
- * of the outputs and adds four kept rows per pass over its slice (fp32 accumulation). bf16 weights are
- * widened to fp32 on the fly. Built by spon/kernels/cpu.py with -O3 -march=native -fopenmp.
+ * of the outputs and adds eight kept rows per pass over its slice into a float32 accumulator (eight rows
+ * per pass read the accumulator half as often as four: measured 10-25% faster, and sixteen was slower:
+ * more streams than the prefetchers follow). bf16 weights are widened to fp32 on the fly.
+ *
+ * x and y may each be float32 or bfloat16 (flags), so 16-bit models need no conversion op around the
+ * call; a bf16 y is rounded from the fp32 accumulator to nearest-even, as torch's .to(torch.bfloat16).
+ * Built by spon/kernels/cpu.py with -O3 -march=native -fopenmp.
  */
 #include <math.h>
 #include <stdint.h>
@@ -17,45 +22,81 @@ static inline float bf16(uint16_t v) {
     return f;
 }
 
-static int64_t select_kept(const float *x, int64_t in, float tau, int64_t *idx, float *val) {
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; /* NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int64_t *idx, float *val) {
     int64_t nnz = 0;
-    for (int64_t i = 0; i < in; ++i) {
-        float v = x[i];
-        idx[nnz] = i;
-        val[nnz] = v;
-        nnz += fabsf(v) > tau; /* branch-free compaction */
+    if (x_bf16) {
+        const uint16_t *xb = (const uint16_t *)x;
+        for (int64_t i = 0; i < in; ++i) {
+            float v = bf16(xb[i]);
+            idx[nnz] = i;
+            val[nnz] = v;
+            nnz += fabsf(v) > tau; /* branch-free compaction */
+        }
+    } else {
+        const float *xf = (const float *)x;
+        for (int64_t i = 0; i < in; ++i) {
+            float v = xf[i];
+            idx[nnz] = i;
+            val[nnz] = v;
+            nnz += fabsf(v) > tau;
+        }
     }
     return nnz;
 }
 
+/* acc: float32 [out] scratch (may be y itself when y is float32). */
 #define SPON_GEMV(NAME, WTYPE, LOAD)                                                                       \
-    int64_t NAME(const float *x, const WTYPE *wt, const float *bias, float *y, int64_t in, int64_t out,       \
-                 float tau, int64_t *idx, float *val, int nthreads) {                                         \
-        int64_t nnz = select_kept(x, in, tau, idx, val);                                                     \
+    int64_t NAME(const void *x, int x_bf16, const WTYPE *wt, const float *bias, void *y, int y_bf16,         \
+                 float *acc_all, int64_t in, int64_t out, float tau, int64_t *idx, float *val, int nthreads) {   \
+        int64_t nnz = select_kept(x, x_bf16, in, tau, idx, val);                                             \
         _Pragma("omp parallel num_threads(nthreads)") {                                                       \
             int t = omp_get_thread_num(), T = omp_get_num_threads();                                           \
             int64_t chunk = ((out + T - 1) / T + 15) / 16 * 16;                                                \
             int64_t j0 = t * chunk < out ? t * chunk : out;                                                    \
             int64_t j1 = j0 + chunk < out ? j0 + chunk : out;                                                  \
             int64_t n = j1 - j0;                                                                               \
-            float *acc = y + j0;                                                                               \
+            float *acc = acc_all + j0;                                                                         \
             if (bias) {                                                                                        \
                 for (int64_t j = 0; j < n; ++j) acc[j] = bias[j0 + j];                                         \
             } else {                                                                                           \
                 for (int64_t j = 0; j < n; ++j) acc[j] = 0.0f;                                                 \
             }                                                                                                  \
             int64_t k = 0;                                                                                     \
+            for (; k + 8 <= nnz; k += 8) {                                                                     \
+                const WTYPE *r0 = wt + idx[k] * out + j0, *r1 = wt + idx[k + 1] * out + j0;                    \
+                const WTYPE *r2 = wt + idx[k + 2] * out + j0, *r3 = wt + idx[k + 3] * out + j0;                \
+                const WTYPE *r4 = wt + idx[k + 4] * out + j0, *r5 = wt + idx[k + 5] * out + j0;                \
+                const WTYPE *r6 = wt + idx[k + 6] * out + j0, *r7 = wt + idx[k + 7] * out + j0;                \
+                float a0 = val[k], a1 = val[k + 1], a2 = val[k + 2], a3 = val[k + 3];                          \
+                float a4 = val[k + 4], a5 = val[k + 5], a6 = val[k + 6], a7 = val[k + 7];                      \
+                _Pragma("omp simd") for (int64_t j = 0; j < n; ++j) acc[j] +=                                  \
+                    ((a0 * LOAD(r0[j]) + a1 * LOAD(r1[j])) + (a2 * LOAD(r2[j]) + a3 * LOAD(r3[j]))) +           \
+                    ((a4 * LOAD(r4[j]) + a5 * LOAD(r5[j])) + (a6 * LOAD(r6[j]) + a7 * LOAD(r7[j])));            \
+            }                                                                                                  \
             for (; k + 4 <= nnz; k += 4) {                                                                     \
                 const WTYPE *r0 = wt + idx[k] * out + j0, *r1 = wt + idx[k + 1] * out + j0;                    \
                 const WTYPE *r2 = wt + idx[k + 2] * out + j0, *r3 = wt + idx[k + 3] * out + j0;                \
                 float a0 = val[k], a1 = val[k + 1], a2 = val[k + 2], a3 = val[k + 3];                          \
                 _Pragma("omp simd") for (int64_t j = 0; j < n; ++j) acc[j] +=                                  \
-                    a0 * LOAD(r0[j]) + a1 * LOAD(r1[j]) + a2 * LOAD(r2[j]) + a3 * LOAD(r3[j]);                  \
+                    (a0 * LOAD(r0[j]) + a1 * LOAD(r1[j])) + (a2 * LOAD(r2[j]) + a3 * LOAD(r3[j]));              \
             }                                                                                                  \
             for (; k < nnz; ++k) {                                                                             \
                 const WTYPE *r0 = wt + idx[k] * out + j0;                                                      \
                 float a0 = val[k];                                                                             \
                 _Pragma("omp simd") for (int64_t j = 0; j < n; ++j) acc[j] += a0 * LOAD(r0[j]);                \
+            }                                                                                                  \
+            if (y_bf16) {                                                                                      \
+                uint16_t *yb = (uint16_t *)y + j0;                                                             \
+                for (int64_t j = 0; j < n; ++j) yb[j] = to_bf16(acc[j]);                                       \
+            } else if ((float *)y != acc_all) {                                                                \
+                memcpy((float *)y + j0, acc, (size_t)n * sizeof(float));                                       \
             }                                                                                                  \
         }                                                                                                      \
         return nnz;                                                                                            \
