@@ -82,13 +82,13 @@ class CpuKernel:
         """x: [in] float32 or bfloat16, contiguous; wt: [in, out] float32 or bfloat16, contiguous;
         bias: [out] float32 or None; scratch: reusable buffers (`Scratch(in, out)`). y has x's dtype."""
         n_in, n_out = wt.shape
-        s = scratch if scratch is not None else Scratch(n_in, n_out)
+        threads = threads or torch.get_num_threads()
+        s = scratch.ensure(threads) if scratch is not None else Scratch(n_in, n_out, threads)
         y = torch.empty(n_out, dtype=x.dtype)
-        acc = y if x.dtype == torch.float32 else s.acc
+        bf = int(x.dtype == torch.bfloat16)
         kept = self.fns[wt.dtype](
-            x.data_ptr(), int(x.dtype == torch.bfloat16), wt.data_ptr(), bias.data_ptr() if bias is not None else None,
-            y.data_ptr(), int(y.dtype == torch.bfloat16), acc.data_ptr(), n_in, n_out, tau,
-            s.idx.data_ptr(), s.val.data_ptr(), threads or torch.get_num_threads(),
+            x.data_ptr(), bf, wt.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(), bf,
+            s.acc.data_ptr(), n_in, n_out, tau, s.idx.data_ptr(), s.val.data_ptr(), threads,
         )
         return y, int(kept)
 
@@ -98,12 +98,21 @@ class CpuKernel:
 
 
 class Scratch:
-    """The kernel's working buffers for one layer shape, allocated once: kept indices and values, fp32 accumulator."""
+    """The kernel's working buffers for one layer shape, allocated once: kept indices and values, and one
+    float32 accumulator per thread."""
 
-    def __init__(self, n_in: int, n_out: int):
+    def __init__(self, n_in: int, n_out: int, threads: int | None = None):
+        self.threads = threads or torch.get_num_threads()
         self.idx = torch.empty(n_in, dtype=torch.int64)
         self.val = torch.empty(n_in, dtype=torch.float32)
-        self.acc = torch.empty(n_out, dtype=torch.float32)
+        self.acc = torch.empty(self.threads * n_out, dtype=torch.float32)
+
+    def ensure(self, threads: int) -> "Scratch":
+        """Room for `threads` accumulators (grown in place when more threads are asked for than before)."""
+        if threads > self.threads:
+            self.acc = torch.empty(threads * (self.acc.numel() // self.threads), dtype=torch.float32)
+            self.threads = threads
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -1,10 +1,10 @@
 /* Sparse-input GEMV for batch-1 decode: y = W S(x) + b, reading only the weight rows of kept inputs.
  *
  * W is stored input-major (wt: [in, out], row i = the weights input i feeds), so each kept input is one
- * contiguous row. The kernel finds the kept inputs (|x_i| > tau), then each thread owns a contiguous slice
- * of the outputs and adds eight kept rows per pass over its slice into a float32 accumulator (eight rows
- * per pass read the accumulator half as often as four: measured 10-25% faster, and sixteen was slower:
- * more streams than the prefetchers follow). bf16 weights are widened to fp32 on the fly.
+ * contiguous row. The kernel finds the kept inputs (|x_i| > tau), then each thread adds its share of the
+ * kept rows, eight rows per pass, into its own float32 accumulator (eight rows per pass read the
+ * accumulator half as often as four: measured 10-25% faster; sixteen was slower: more streams than the
+ * prefetchers follow). bf16 weights are widened to fp32 on the fly.
  *
  * x and y may each be float32 or bfloat16 (flags), so 16-bit models need no conversion op around the
  * call; a bf16 y is rounded from the fp32 accumulator to nearest-even, as torch's .to(torch.bfloat16).
@@ -51,52 +51,45 @@ static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int
     return nnz;
 }
 
-/* acc: float32 [out] scratch (may be y itself when y is float32). */
+/* Thread t adds its share of the kept rows (a contiguous range of them, so mostly ascending addresses the
+ * prefetchers follow) into its own float32 accumulator acc_all + t*out; then the threads sum the partial
+ * accumulators and the bias into y, each over a slice of the outputs. acc_all: nthreads * out floats.
+ * Splitting rows rather than outputs reads whole rows: 10-25% faster on 135M-sized layers, where a
+ * half row is only a few cache lines. */
 #define SPON_GEMV(NAME, WTYPE, LOAD)                                                                       \
     int64_t NAME(const void *x, int x_bf16, const WTYPE *wt, const float *bias, void *y, int y_bf16,         \
                  float *acc_all, int64_t in, int64_t out, float tau, int64_t *idx, float *val, int nthreads) {   \
         int64_t nnz = select_kept(x, x_bf16, in, tau, idx, val);                                             \
         _Pragma("omp parallel num_threads(nthreads)") {                                                       \
             int t = omp_get_thread_num(), T = omp_get_num_threads();                                           \
-            int64_t chunk = ((out + T - 1) / T + 15) / 16 * 16;                                                \
-            int64_t j0 = t * chunk < out ? t * chunk : out;                                                    \
-            int64_t j1 = j0 + chunk < out ? j0 + chunk : out;                                                  \
-            int64_t n = j1 - j0;                                                                               \
-            float *acc = acc_all + j0;                                                                         \
-            if (bias) {                                                                                        \
-                for (int64_t j = 0; j < n; ++j) acc[j] = bias[j0 + j];                                         \
-            } else {                                                                                           \
-                for (int64_t j = 0; j < n; ++j) acc[j] = 0.0f;                                                 \
-            }                                                                                                  \
-            int64_t k = 0;                                                                                     \
-            for (; k + 8 <= nnz; k += 8) {                                                                     \
-                const WTYPE *r0 = wt + idx[k] * out + j0, *r1 = wt + idx[k + 1] * out + j0;                    \
-                const WTYPE *r2 = wt + idx[k + 2] * out + j0, *r3 = wt + idx[k + 3] * out + j0;                \
-                const WTYPE *r4 = wt + idx[k + 4] * out + j0, *r5 = wt + idx[k + 5] * out + j0;                \
-                const WTYPE *r6 = wt + idx[k + 6] * out + j0, *r7 = wt + idx[k + 7] * out + j0;                \
+            int64_t k = nnz * t / T, k1 = nnz * (t + 1) / T;                                                   \
+            float *acc = acc_all + (int64_t)t * out;                                                           \
+            memset(acc, 0, (size_t)out * sizeof(float));                                                       \
+            for (; k + 8 <= k1; k += 8) {                                                                      \
+                const WTYPE *r0 = wt + idx[k] * out, *r1 = wt + idx[k + 1] * out;                              \
+                const WTYPE *r2 = wt + idx[k + 2] * out, *r3 = wt + idx[k + 3] * out;                          \
+                const WTYPE *r4 = wt + idx[k + 4] * out, *r5 = wt + idx[k + 5] * out;                          \
+                const WTYPE *r6 = wt + idx[k + 6] * out, *r7 = wt + idx[k + 7] * out;                          \
                 float a0 = val[k], a1 = val[k + 1], a2 = val[k + 2], a3 = val[k + 3];                          \
                 float a4 = val[k + 4], a5 = val[k + 5], a6 = val[k + 6], a7 = val[k + 7];                      \
-                _Pragma("omp simd") for (int64_t j = 0; j < n; ++j) acc[j] +=                                  \
+                _Pragma("omp simd") for (int64_t j = 0; j < out; ++j) acc[j] +=                                \
                     ((a0 * LOAD(r0[j]) + a1 * LOAD(r1[j])) + (a2 * LOAD(r2[j]) + a3 * LOAD(r3[j]))) +           \
                     ((a4 * LOAD(r4[j]) + a5 * LOAD(r5[j])) + (a6 * LOAD(r6[j]) + a7 * LOAD(r7[j])));            \
             }                                                                                                  \
-            for (; k + 4 <= nnz; k += 4) {                                                                     \
-                const WTYPE *r0 = wt + idx[k] * out + j0, *r1 = wt + idx[k + 1] * out + j0;                    \
-                const WTYPE *r2 = wt + idx[k + 2] * out + j0, *r3 = wt + idx[k + 3] * out + j0;                \
-                float a0 = val[k], a1 = val[k + 1], a2 = val[k + 2], a3 = val[k + 3];                          \
-                _Pragma("omp simd") for (int64_t j = 0; j < n; ++j) acc[j] +=                                  \
-                    (a0 * LOAD(r0[j]) + a1 * LOAD(r1[j])) + (a2 * LOAD(r2[j]) + a3 * LOAD(r3[j]));              \
-            }                                                                                                  \
-            for (; k < nnz; ++k) {                                                                             \
-                const WTYPE *r0 = wt + idx[k] * out + j0;                                                      \
+            for (; k < k1; ++k) {                                                                              \
+                const WTYPE *r0 = wt + idx[k] * out;                                                           \
                 float a0 = val[k];                                                                             \
-                _Pragma("omp simd") for (int64_t j = 0; j < n; ++j) acc[j] += a0 * LOAD(r0[j]);                \
+                _Pragma("omp simd") for (int64_t j = 0; j < out; ++j) acc[j] += a0 * LOAD(r0[j]);              \
             }                                                                                                  \
-            if (y_bf16) {                                                                                      \
-                uint16_t *yb = (uint16_t *)y + j0;                                                             \
-                for (int64_t j = 0; j < n; ++j) yb[j] = to_bf16(acc[j]);                                       \
-            } else if ((float *)y != acc_all) {                                                                \
-                memcpy((float *)y + j0, acc, (size_t)n * sizeof(float));                                       \
+            _Pragma("omp barrier")                                                                             \
+            int64_t chunk = (out + T - 1) / T;                                                                 \
+            int64_t j0 = t * chunk < out ? t * chunk : out;                                                    \
+            int64_t j1 = j0 + chunk < out ? j0 + chunk : out;                                                  \
+            for (int64_t j = j0; j < j1; ++j) {                                                                \
+                float s = bias ? bias[j] : 0.0f;                                                               \
+                for (int u = 0; u < T; ++u) s += acc_all[(int64_t)u * out + j];                                \
+                if (y_bf16) ((uint16_t *)y)[j] = to_bf16(s);                                                   \
+                else ((float *)y)[j] = s;                                                                      \
             }                                                                                                  \
         }                                                                                                      \
         return nnz;                                                                                            \
