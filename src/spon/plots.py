@@ -171,7 +171,8 @@ def plot_compare(r: dict, out: Path) -> list[str]:
     ax.set_xticklabels([x["method"] for x in rows])
     ax.set_ylabel("held-out perplexity")
     ax.set_title(f"{r['model']['name']} at {r['sparsity']:.0%} sparsity")
-    ax.legend()
+    ax.set_ylim(0, max(x["ppl_sparse"] for x in rows) * 1.3)  # headroom: the legend sits above the bars
+    ax.legend(loc="upper center", ncol=3, fontsize=8)
     _save(fig, out / "compare.png")
     plt.close(fig)
     return ["compare.png"]
