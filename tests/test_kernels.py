@@ -91,9 +91,27 @@ def test_decode_plan_follows_threshold_and_bias_changes():
         m.alpha.fill_(0.1)  # unfolded vectors: the plain path, not a stale plan
         torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0) + 0.1))
         spon.fold_(m)
-        assert m._plan is None or m._plan_key[3] != m.alpha._version
         torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0) + 0.1))
-        assert m._plan is not None  # folded: the kernel again
+        assert m._plan.plan is not None  # folded: the kernel again
+        with spon.without_spon(m):  # folded bias set aside: plain bias, through the kernel
+            torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0)))
+        torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0) + 0.1))
+    m2 = spon.SparseLinear.from_linear(lin)  # unfolded vectors, switched off and on again
+    m2.threshold.fill_(0.5)
+    m2.decode_wt = m2.weight.detach().t().contiguous()
+    with torch.no_grad():
+        m2.alpha.fill_(0.2)
+        with spon.without_spon(m2):
+            torch.testing.assert_close(m2(x), lin(x * (x.abs() > 0.5)))
+        torch.testing.assert_close(m2(x), lin(x * (x.abs() > 0.5) + 0.2))
+        import copy
+        import pickle
+
+        assert m._plan.plan is not None
+        for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):  # the prepared kernel call does not travel
+            assert twin._plan is None
+            torch.testing.assert_close(twin(x), lin(x * (x.abs() > 1.0) + 0.1))
+            assert twin._plan.plan is not None
 
 
 def test_fallback_warns_and_still_computes(monkeypatch):

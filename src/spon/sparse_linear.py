@@ -36,6 +36,29 @@ def is_linear(mod: nn.Module) -> bool:
     return type(mod) is nn.Linear or is_conv1d(mod)
 
 
+_DECODE_INPUTS = frozenset({"weight", "bias", "threshold", "alpha", "folded_bias", "neurons", "rates", "decode_wt"})
+
+
+class _DecodeStep:
+    """A layer's prepared decode step and what it was built from (checked in well under a microsecond)."""
+
+    __slots__ = ("plan", "dtype", "watch", "versions")
+
+    def __init__(self, mod: "SparseLinear", dtype: torch.dtype):
+        bias = mod.folded_bias if mod.folded else mod.bias
+        self.dtype = dtype
+        self.watch = tuple(t for t in (mod.threshold, mod.alpha, bias) if t is not None)
+        self.versions = tuple(t._version for t in self.watch)
+        self.plan = None
+        if mod.folded or (mod.neurons is None and not mod.alpha.any()):  # unfolded vectors: the plain path
+            from .kernels import GemvPlan
+
+            self.plan = GemvPlan(mod.decode_wt, bias, float(mod.threshold), dtype)
+
+    def stale(self, dtype: torch.dtype) -> bool:
+        return dtype != self.dtype or any(t._version != v for t, v in zip(self.watch, self.versions))
+
+
 class SparseLinear(nn.Module):
     """Wraps the weight and bias of an `nn.Linear` (shared, not copied) with input sparsity and SPON."""
 
@@ -55,7 +78,7 @@ class SparseLinear(nn.Module):
         self.lowrank_v: torch.Tensor | None = None
         self.decode_wt: torch.Tensor | None = None  # input-major weight [in, out] for the decode kernel (prepare_decode_)
         self.use_kernel = True  # False inside `masked_dense(model)`: single tokens go through F.linear too
-        self._plan, self._plan_key = None, None  # the prepared decode step (kernels.GemvPlan) and what it was built from
+        self._plan: _DecodeStep | None = None  # the prepared decode step; dropped when its inputs are reassigned
         self.sparse = True  # False inside `dense(model)`
         self.tokens, self.last_fraction = "all", 0.5
         self.stats: list[float] | None = None  # [zeros, entries] while measuring sparsity
@@ -75,7 +98,7 @@ class SparseLinear(nn.Module):
         mod.tokens, mod.last_fraction = tokens, last_fraction
         mod.neurons = mod.rates = None
         mod.decode_wt, mod.use_kernel = None, True
-        mod._plan, mod._plan_key = None, None
+        mod._plan = None
         mod.score_scale = mod.keep = mod.lowrank_u = mod.lowrank_v = None
         return mod
 
@@ -138,22 +161,25 @@ class SparseLinear(nn.Module):
     def _decode(self, x: torch.Tensor) -> torch.Tensor | None:
         """One token through the sparse GEMV kernel (W S(x) + bias, reading only kept rows); None: not possible.
 
-        The layer's plan (bias in float32, threshold, buffers) is built on the first call and rebuilt only
-        when the threshold, bias, vectors, layout or input dtype changed since.
+        The layer's step (bias in float32, threshold, buffers) is prepared on the first call and again only
+        when what it was built from changed: an in-place change of the threshold, bias or vectors (tensor
+        versions), a new tensor assigned to any of them (`__setattr__`), or another input dtype.
         """
-        bias = self.folded_bias if self.folded else self.bias
-        key = (x.dtype, id(self.decode_wt), self.threshold._version, self.alpha._version, id(bias),
-               bias._version if bias is not None else 0, self.neurons is None)
-        if self._plan_key != key:
-            self._plan = None
-            if self.folded or (self.neurons is None and not self.alpha.any()):  # unfolded vectors: the plain path
-                from .kernels import GemvPlan
-
-                self._plan = GemvPlan(self.decode_wt, bias, float(self.threshold), x.dtype)
-            self._plan_key = key
-        if self._plan is None:
+        step = self._plan
+        if step is None or step.stale(x.dtype):
+            step = self._plan = _DecodeStep(self, x.dtype)
+        if step.plan is None:
             return None
-        return self._plan(x.reshape(-1)).view(*x.shape[:-1], self.out_features)
+        return step.plan(x.reshape(-1)).view(*x.shape[:-1], self.out_features)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _DECODE_INPUTS:
+            self.__dict__["_plan"] = None
+        super().__setattr__(name, value)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the prepared step behind (it holds raw pointers); it is rebuilt on use."""
+        return {**self.__dict__, "_plan": None}
 
     def spon_output(self) -> torch.Tensor:
         """What the spontaneous activity adds to the output, W alpha (+ neurons @ rates), in float32: [out]."""

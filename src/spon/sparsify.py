@@ -167,12 +167,14 @@ def without_spon(model: nn.Module) -> Iterator[nn.Module]:
     """Inside this block the model is plain sparse: alphas read as zero and folded biases are set aside."""
     mods = list(sparse_modules(model).values())
     saved = [(m.alpha.detach().clone(), m.folded_bias, m.neurons) for m in mods]
-    for m in mods:
-        m.alpha.data.zero_()
-        m.folded_bias = m.neurons = None
+    with torch.no_grad():  # in place and versioned, so prepared decode steps see the change
+        for m in mods:
+            m.alpha.zero_()
+            m.folded_bias = m.neurons = None
     try:
         yield model
     finally:
-        for m, (alpha, fb, neurons) in zip(mods, saved):
-            m.alpha.data.copy_(alpha)
-            m.folded_bias, m.neurons = fb, neurons
+        with torch.no_grad():
+            for m, (alpha, fb, neurons) in zip(mods, saved):
+                m.alpha.copy_(alpha)
+                m.folded_bias, m.neurons = fb, neurons

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .cpu import Scratch, cpu_kernel
+from .cpu import cpu_kernel
 from .reference import reference_gemv
 
 __all__ = ["sparse_gemv", "reference_gemv", "cpu_kernel", "backend_for", "GemvPlan"]
@@ -33,16 +33,15 @@ class GemvPlan:
     """
 
     def __init__(self, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype):
-        self.wt, self.dtype, self.source_bias = wt, dtype, bias  # source_bias: holds the caller's tensor (its id keys plans)
+        self.wt, self.dtype = wt, dtype
         self.backend = backend_for(torch.empty(0, device=wt.device), wt)
         if dtype != torch.float32:  # torch compares a 16-bit x with tau rounded to x's dtype; so do the kernels
             tau = float(torch.tensor(float(tau)).to(dtype))
         self.tau = float(tau)
         if self.backend == "cpu":
-            self.kernel = cpu_kernel()
-            self.bias = bias.float().contiguous() if bias is not None else None
-            self.scratch = Scratch(*wt.shape)
-            self.direct = dtype in self.kernel.IO  # x read and y written by the kernel itself
+            kernel = cpu_kernel()
+            self.direct = dtype in kernel.IO  # x read and y written by the kernel itself
+            self.call = kernel.prepare(wt, bias, self.tau, dtype if self.direct else torch.float32)
         else:
             self.bias = bias
 
@@ -50,8 +49,8 @@ class GemvPlan:
         """x: [in] of the plan's dtype -> [out] of the same dtype; accumulation is float32."""
         if self.backend == "cpu":
             if self.direct:
-                return self.kernel.gemv(x.contiguous(), self.wt, self.bias, self.tau, self.scratch)[0]
-            return self.kernel.gemv(x.float().contiguous(), self.wt, self.bias, self.tau, self.scratch)[0].to(x.dtype)
+                return self.call(x.contiguous())
+            return self.call(x.float().contiguous()).to(x.dtype)
         if self.backend == "triton":
             from .triton_gemv import triton_gemv
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_kernel", "CpuKernel", "Scratch", "kernel_cache_dir"]
+__all__ = ["cpu_kernel", "CpuKernel", "PreparedGemv", "Scratch", "kernel_cache_dir"]
 
 SOURCE = Path(__file__).with_name("sparse_gemv.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
@@ -71,6 +71,7 @@ class CpuKernel:
             fn = getattr(self.lib, name)
             fn.argtypes, fn.restype = args, i64
             self.fns[dtype] = fn
+        self.lib.spon_gemv_plan.argtypes, self.lib.spon_gemv_plan.restype = [p, p, p], i64
         self.lib.spon_read_sum.argtypes = [p, i64, i32]
         self.lib.spon_read_sum.restype = ctypes.c_double
 
@@ -92,9 +93,45 @@ class CpuKernel:
         )
         return y, int(kept)
 
+    def prepare(self, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype,
+                threads: int | None = None) -> "PreparedGemv":
+        """One layer's call with its buffers and arguments packed once; dtype: x's and y's (float32 or bfloat16)."""
+        return PreparedGemv(self, wt, bias, tau, dtype, threads or torch.get_num_threads())
+
     def read_sum(self, buf: torch.Tensor, threads: int | None = None) -> float:
         """Sum of a float32 buffer: times how fast this machine reads memory with these threads."""
         return float(self.lib.spon_read_sum(buf.data_ptr(), buf.numel(), threads or torch.get_num_threads()))
+
+
+class _Plan(ctypes.Structure):  # mirrors spon_plan in sparse_gemv.c
+    _fields_ = [("wt", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("acc", ctypes.c_void_p), ("idx", ctypes.c_void_p),
+                ("val", ctypes.c_void_p), ("n_in", ctypes.c_int64), ("n_out", ctypes.c_int64), ("tau", ctypes.c_float),
+                ("nthreads", ctypes.c_int), ("io_bf16", ctypes.c_int), ("w_bf16", ctypes.c_int)]
+
+
+class PreparedGemv:
+    """`CpuKernel.gemv` for one layer, arguments packed once: a call is one allocation and one foreign call.
+
+    Holds the tensors it points to (weight, float32 bias, buffers), so the pointers stay valid.
+    """
+
+    def __init__(self, kernel: CpuKernel, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype,
+                 threads: int):
+        if dtype not in CpuKernel.IO or wt.dtype not in kernel.fns or not wt.is_contiguous():
+            raise ValueError(f"no prepared CPU call for x {dtype} and weight {wt.dtype} (contiguous={wt.is_contiguous()})")
+        self.wt, self.dtype, self.n_out = wt, dtype, wt.shape[1]
+        self.bias = bias.float().contiguous() if bias is not None else None
+        self.scratch = Scratch(*wt.shape, threads)
+        self.args = _Plan(wt.data_ptr(), self.bias.data_ptr() if self.bias is not None else None, self.scratch.acc.data_ptr(),
+                          self.scratch.idx.data_ptr(), self.scratch.val.data_ptr(), wt.shape[0], wt.shape[1], tau, threads,
+                          int(dtype == torch.bfloat16), int(wt.dtype == torch.bfloat16))
+        self.ptr, self.fn = ctypes.addressof(self.args), kernel.lib.spon_gemv_plan
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [in] contiguous, of the prepared dtype -> y [out], same dtype."""
+        y = torch.empty(self.n_out, dtype=self.dtype)
+        self.fn(self.ptr, x.data_ptr(), y.data_ptr())
+        return y
 
 
 class Scratch:

@@ -99,6 +99,27 @@ static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int
 SPON_GEMV(spon_gemv_f32, float, AS_F32)
 SPON_GEMV(spon_gemv_bf16, uint16_t, bf16)
 
+/* A layer's call prepared once (spon/kernels/cpu.py mirrors this struct): one decode step passes three
+ * pointers instead of thirteen arguments through the binding. */
+typedef struct {
+    const void *wt;
+    const float *bias;
+    float *acc;
+    int64_t *idx;
+    float *val;
+    int64_t in, out;
+    float tau;
+    int nthreads, io_bf16, w_bf16;
+} spon_plan;
+
+int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y) {
+    if (p->w_bf16)
+        return spon_gemv_bf16(x, p->io_bf16, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out,
+                              p->tau, p->idx, p->val, p->nthreads);
+    return spon_gemv_f32(x, p->io_bf16, (const float *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau,
+                         p->idx, p->val, p->nthreads);
+}
+
 /* Read-bandwidth probe for the benchmarks: sum n floats with the same threads (the bytes a GEMV must read). */
 double spon_read_sum(const float *p, int64_t n, int nthreads) {
     double total = 0.0;
