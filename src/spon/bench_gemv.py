@@ -62,11 +62,11 @@ def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: l
         wts = [w.t().contiguous() for w in ws]
         xs = [torch.randn(n_in, generator=gen).to(dtype) for _ in range(16)]
         bias = torch.randn(n_out, generator=gen).to(dtype)
-        plans = plans0 = None
+        plans0 = [GemvPlan(wt, bias, -1.0, dtype) for wt in wts]  # prepared once per layer, as in decoding
+        plans = None
         for s in sparsities:
             tau = _tau(s)
-            plans = [GemvPlan(wt, bias, tau, dtype) for wt in wts]  # prepared once per layer, as in decoding
-            plans0 = [GemvPlan(wt, bias, -1.0, dtype) for wt in wts]
+            plans = [GemvPlan(wt, bias, tau, dtype) for wt in wts]
             methods = {
                 "dense_F.linear": lambda i: F.linear(xs[i % 16].view(1, -1), ws[i % copies], bias),
                 "kernel": lambda i: plans[i % copies](xs[i % 16]),

@@ -98,7 +98,6 @@ class SparseLinear(nn.Module):
         mod.tokens, mod.last_fraction = tokens, last_fraction
         mod.neurons = mod.rates = None
         mod.decode_wt, mod.use_kernel = None, True
-        mod._plan = None
         mod.score_scale = mod.keep = mod.lowrank_u = mod.lowrank_v = None
         return mod
 

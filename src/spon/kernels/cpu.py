@@ -57,46 +57,33 @@ def _build(cc: str) -> Path:
 
 
 class CpuKernel:
-    """ctypes binding: gemv(x, wt, bias, tau) -> (y [out] in x's dtype, kept count)."""
+    """ctypes binding. Every call goes through `prepare` (arguments packed once per layer); `gemv` is the
+    one-off form: gemv(x, wt, bias, tau) -> (y [out] in x's dtype, kept count)."""
 
     IO = (torch.float32, torch.bfloat16)  # x and y dtypes the kernel reads and writes directly
+    WEIGHTS = (torch.float32, torch.bfloat16)  # weight dtypes it reads
 
     def __init__(self, path: Path):
         self.path = path
         self.lib = ctypes.CDLL(str(path))
-        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        args = [p, i32, p, p, p, i32, p, i64, i64, ctypes.c_float, p, p, i32]
-        self.fns = {}
-        for dtype, name in ((torch.float32, "spon_gemv_f32"), (torch.bfloat16, "spon_gemv_bf16")):
-            fn = getattr(self.lib, name)
-            fn.argtypes, fn.restype = args, i64
-            self.fns[dtype] = fn
-        self.lib.spon_gemv_plan.argtypes, self.lib.spon_gemv_plan.restype = [p, p, p], i64
-        self.lib.spon_read_sum.argtypes = [p, i64, i32]
+        p = ctypes.c_void_p
+        self.lib.spon_gemv_plan.argtypes, self.lib.spon_gemv_plan.restype = [p, p, p], ctypes.c_int64
+        self.lib.spon_read_sum.argtypes = [p, ctypes.c_int64, ctypes.c_int]
         self.lib.spon_read_sum.restype = ctypes.c_double
 
     def supports(self, dtype: torch.dtype) -> bool:
-        return dtype in self.fns
-
-    def gemv(self, x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: float,
-             scratch: Scratch | None = None, threads: int | None = None) -> tuple[torch.Tensor, int]:
-        """x: [in] float32 or bfloat16, contiguous; wt: [in, out] float32 or bfloat16, contiguous;
-        bias: [out] float32 or None; scratch: reusable buffers (`Scratch(in, out)`). y has x's dtype."""
-        n_in, n_out = wt.shape
-        threads = threads or torch.get_num_threads()
-        s = scratch.ensure(threads) if scratch is not None else Scratch(n_in, n_out, threads)
-        y = torch.empty(n_out, dtype=x.dtype)
-        bf = int(x.dtype == torch.bfloat16)
-        kept = self.fns[wt.dtype](
-            x.data_ptr(), bf, wt.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr(), bf,
-            s.acc.data_ptr(), n_in, n_out, tau, s.idx.data_ptr(), s.val.data_ptr(), threads,
-        )
-        return y, int(kept)
+        return dtype in self.WEIGHTS
 
     def prepare(self, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype,
                 threads: int | None = None) -> "PreparedGemv":
         """One layer's call with its buffers and arguments packed once; dtype: x's and y's (float32 or bfloat16)."""
         return PreparedGemv(self, wt, bias, tau, dtype, threads or torch.get_num_threads())
+
+    def gemv(self, x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: float,
+             threads: int | None = None) -> tuple[torch.Tensor, int]:
+        """x: [in] float32 or bfloat16, contiguous; wt: [in, out] float32 or bfloat16, contiguous;
+        bias: [out] or None. y has x's dtype."""
+        return self.prepare(wt, bias, tau, x.dtype, threads).run(x)
 
     def read_sum(self, buf: torch.Tensor, threads: int | None = None) -> float:
         """Sum of a float32 buffer: times how fast this machine reads memory with these threads."""
@@ -110,14 +97,14 @@ class _Plan(ctypes.Structure):  # mirrors spon_plan in sparse_gemv.c
 
 
 class PreparedGemv:
-    """`CpuKernel.gemv` for one layer, arguments packed once: a call is one allocation and one foreign call.
+    """One layer's kernel call, arguments packed once: a call is one allocation and one foreign call.
 
     Holds the tensors it points to (weight, float32 bias, buffers), so the pointers stay valid.
     """
 
     def __init__(self, kernel: CpuKernel, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype,
                  threads: int):
-        if dtype not in CpuKernel.IO or wt.dtype not in kernel.fns or not wt.is_contiguous():
+        if dtype not in CpuKernel.IO or not kernel.supports(wt.dtype) or not wt.is_contiguous():
             raise ValueError(f"no prepared CPU call for x {dtype} and weight {wt.dtype} (contiguous={wt.is_contiguous()})")
         self.wt, self.dtype, self.n_out = wt, dtype, wt.shape[1]
         self.bias = bias.float().contiguous() if bias is not None else None
@@ -127,29 +114,24 @@ class PreparedGemv:
                           int(dtype == torch.bfloat16), int(wt.dtype == torch.bfloat16))
         self.ptr, self.fn = ctypes.addressof(self.args), kernel.lib.spon_gemv_plan
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [in] contiguous, of the prepared dtype -> y [out], same dtype."""
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """x: [in] contiguous, of the prepared dtype -> (y [out] of the same dtype, number of kept inputs)."""
         y = torch.empty(self.n_out, dtype=self.dtype)
-        self.fn(self.ptr, x.data_ptr(), y.data_ptr())
-        return y
+        kept = self.fn(self.ptr, x.data_ptr(), y.data_ptr())
+        return y, int(kept)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[0]
 
 
 class Scratch:
     """The kernel's working buffers for one layer shape, allocated once: kept indices and values, and one
     float32 accumulator per thread."""
 
-    def __init__(self, n_in: int, n_out: int, threads: int | None = None):
-        self.threads = threads or torch.get_num_threads()
+    def __init__(self, n_in: int, n_out: int, threads: int):
         self.idx = torch.empty(n_in, dtype=torch.int64)
         self.val = torch.empty(n_in, dtype=torch.float32)
-        self.acc = torch.empty(self.threads * n_out, dtype=torch.float32)
-
-    def ensure(self, threads: int) -> "Scratch":
-        """Room for `threads` accumulators (grown in place when more threads are asked for than before)."""
-        if threads > self.threads:
-            self.acc = torch.empty(threads * (self.acc.numel() // self.threads), dtype=torch.float32)
-            self.threads = threads
-        return self
+        self.acc = torch.empty(threads * n_out, dtype=torch.float32)
 
 
 @lru_cache(maxsize=1)

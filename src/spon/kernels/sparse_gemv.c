@@ -6,8 +6,8 @@
  * accumulator half as often as four: measured 10-25% faster; sixteen was slower: more streams than the
  * prefetchers follow). bf16 weights are widened to fp32 on the fly.
  *
- * x and y may each be float32 or bfloat16 (flags), so 16-bit models need no conversion op around the
- * call; a bf16 y is rounded from the fp32 accumulator to nearest-even, as torch's .to(torch.bfloat16).
+ * x and y are both float32 or both bfloat16 (io_bf16), so 16-bit models need no conversion op around
+ * the call; a bf16 y is rounded from the fp32 accumulator to nearest-even, as torch's .to(torch.bfloat16).
  * Built by spon/kernels/cpu.py with -O3 -march=native -fopenmp.
  */
 #include <math.h>
@@ -57,9 +57,9 @@ static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int
  * Splitting rows rather than outputs reads whole rows: 10-25% faster on 135M-sized layers, where a
  * half row is only a few cache lines. */
 #define SPON_GEMV(NAME, WTYPE, LOAD)                                                                       \
-    int64_t NAME(const void *x, int x_bf16, const WTYPE *wt, const float *bias, void *y, int y_bf16,         \
+    static int64_t NAME(const void *x, const WTYPE *wt, const float *bias, void *y, int io_bf16,                   \
                  float *acc_all, int64_t in, int64_t out, float tau, int64_t *idx, float *val, int nthreads) {   \
-        int64_t nnz = select_kept(x, x_bf16, in, tau, idx, val);                                             \
+        int64_t nnz = select_kept(x, io_bf16, in, tau, idx, val);                                             \
         _Pragma("omp parallel num_threads(nthreads)") {                                                       \
             int t = omp_get_thread_num(), T = omp_get_num_threads();                                           \
             int64_t k = nnz * t / T, k1 = nnz * (t + 1) / T;                                                   \
@@ -88,7 +88,7 @@ static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int
             for (int64_t j = j0; j < j1; ++j) {                                                                \
                 float s = bias ? bias[j] : 0.0f;                                                               \
                 for (int u = 0; u < T; ++u) s += acc_all[(int64_t)u * out + j];                                \
-                if (y_bf16) ((uint16_t *)y)[j] = to_bf16(s);                                                   \
+                if (io_bf16) ((uint16_t *)y)[j] = to_bf16(s);                                                   \
                 else ((float *)y)[j] = s;                                                                      \
             }                                                                                                  \
         }                                                                                                      \
@@ -99,8 +99,8 @@ static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int
 SPON_GEMV(spon_gemv_f32, float, AS_F32)
 SPON_GEMV(spon_gemv_bf16, uint16_t, bf16)
 
-/* A layer's call prepared once (spon/kernels/cpu.py mirrors this struct): one decode step passes three
- * pointers instead of thirteen arguments through the binding. */
+/* The binding's one entry: a layer's call prepared once (spon/kernels/cpu.py mirrors this struct), so a
+ * decode step passes three pointers instead of thirteen arguments. */
 typedef struct {
     const void *wt;
     const float *bias;
@@ -114,10 +114,10 @@ typedef struct {
 
 int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y) {
     if (p->w_bf16)
-        return spon_gemv_bf16(x, p->io_bf16, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out,
-                              p->tau, p->idx, p->val, p->nthreads);
-    return spon_gemv_f32(x, p->io_bf16, (const float *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau,
-                         p->idx, p->val, p->nthreads);
+        return spon_gemv_bf16(x, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau,
+                              p->idx, p->val, p->nthreads);
+    return spon_gemv_f32(x, (const float *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau, p->idx,
+                         p->val, p->nthreads);
 }
 
 /* Read-bandwidth probe for the benchmarks: sum n floats with the same threads (the bytes a GEMV must read). */
