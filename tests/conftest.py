@@ -1,9 +1,14 @@
-"""Tiny random models of four architectures, built in the test (offline, a few MB each)."""
+"""Shared test helpers: tiny random models of five architectures built in the test (offline, a few MB each), a word-level
+tokenizer, random text, and calibrated / SPON-carrying models."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
+
+import spon
 from transformers import (
     Gemma3ForCausalLM,
     GPT2Config,
@@ -17,6 +22,9 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+HAVE_CC = bool(shutil.which("gcc") or shutil.which("cc"))
+needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler: the CPU kernel cannot be built here")
 
 VOCAB = 96
 COMMON = dict(
@@ -90,3 +98,28 @@ def text_file(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text(random_text(6000))
     return path
+
+
+def calibrated(arch: str, sparsity: float = 0.5, **kw):
+    """A tiny model of `arch`, sparsified and calibrated on random ids; returns (model, config)."""
+    model = make_model(arch)
+    cfg = spon.SparsityConfig(sparsity=sparsity, **kw)
+    spon.sparsify_(model, cfg)
+    spon.calibrate_(model, [random_ids(2, 32, seed=s) for s in range(4)], cfg, progress=False)
+    return model, cfg
+
+
+def with_random_alphas(model, seed: int = 0, scale: float = 0.05):
+    """Give every sparse layer a random spontaneous vector (as if trained)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in spon.sparse_modules(model).values():
+            m.alpha.copy_(torch.randn(m.in_features, generator=g) * scale)
+    return model
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests in tests/cli run the command line end to end: mark them, like the real-model ones, so `-m "not cli"` skips them."""
+    for item in items:
+        if "/cli/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.cli)

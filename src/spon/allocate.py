@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .config import SparsityConfig
 from .calibrate import SAMPLES_PER_LAYER, sample_scores
 from .sparsify import dense, sparse_modules
-from .threshold import order_statistic
+from .selection import order_statistic
 
 __all__ = ["greedy_allocate_", "block_of"]
 

@@ -19,10 +19,13 @@ from torch import nn
 from .atomic import atomic_file, ensure_writable_dir
 from .config import SparsityConfig
 from .errors import SponError
-from .sparse_linear import linear_shape
-from .sparsify import sparse_activations, sparse_modules, sparsify_, target_linears
+from .sparse_linear import linear_matrix, linear_shape
+from .sparsify import sparse_activations, sparse_modules, sparsify_, target_linears, unsparsify_
 
-__all__ = ["save_artifact", "load_artifact", "read_artifact", "is_artifact", "FORMAT_VERSION", "CONFIG_NAME", "TENSORS_NAME"]
+__all__ = [
+    "save_artifact", "load_artifact", "read_artifact", "is_artifact", "weight_fingerprint", "FORMAT_VERSION", "CONFIG_NAME",
+    "TENSORS_NAME", "FINGERPRINT_TOLERANCE",
+]
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "spon_config.json"
@@ -35,6 +38,33 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+FINGERPRINT_PROBES = 16  # random projections u^T W v per module
+FINGERPRINT_TOLERANCE = 4e-3  # RMS change of the projections, in units of W's RMS entry: bf16 rounding moves them ~1e-3
+
+
+@torch.no_grad()
+def weight_fingerprint(matrix: torch.Tensor) -> list[float]:
+    """[rms, p_1 .. p_16]: W's RMS entry and 16 seeded random projections u_i^T W v_i / rms (each ~N(0, 1)).
+
+    Stable across dtypes of the same weights (rounding averages out over the whole matrix) but moved by any
+    real change of the weights: a fine-tune whose weights differ by 1% of their RMS moves each projection by ~0.01.
+    """
+    w = matrix.detach().float().cpu()
+    out_f, in_f = w.shape
+    g = torch.Generator().manual_seed(out_f * 100_003 + in_f)
+    u = torch.randn(FINGERPRINT_PROBES, out_f, generator=g) / out_f**0.5
+    v = torch.randn(in_f, FINGERPRINT_PROBES, generator=g) / in_f**0.5
+    rms = float(w.pow(2).mean().sqrt()) or 1.0
+    proj = ((u @ w) * v.t()).sum(-1) / rms
+    return [rms, *proj.tolist()]
+
+
+def _fingerprint_distance(saved: list[float], now: list[float]) -> float:
+    """RMS difference of the projections, plus the relative change of the RMS entry."""
+    diff = torch.tensor(saved[1:]) - torch.tensor(now[1:])
+    return float(diff.pow(2).mean().sqrt()) + abs(saved[0] - now[0]) / max(abs(saved[0]), 1e-30)
 
 
 def is_artifact(path: str | Path) -> bool:
@@ -73,6 +103,7 @@ def save_artifact(model: nn.Module, path: str | Path, identity: dict, **info) ->
             "version": FORMAT_VERSION,
             "base_model": identity,
             "modules": {name: [m.out_features, m.in_features] for name, m in mods.items()},
+            "fingerprints": {name: weight_fingerprint(m.matrix) for name, m in mods.items()},
             "sparsity": config.to_dict(),
             "tokens": config.describe_tokens(),
             "folded": folded,
@@ -111,7 +142,7 @@ def read_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def _check_fits(meta: dict, model: nn.Module, config: SparsityConfig, path: Path) -> None:
+def _check_fits(meta: dict, model: nn.Module, config: SparsityConfig, path: Path, check_weights: bool = True) -> None:
     have = {n: linear_shape(m) for n, m in (sparse_modules(model) or target_linears(model, config)).items()}
     want = meta["modules"]
     base = meta.get("base_model", {})
@@ -133,15 +164,31 @@ def _check_fits(meta: dict, model: nn.Module, config: SparsityConfig, path: Path
             f"artifact {path} does not fit this model: the model has {len(extra)} sparsifiable linears the artifact "
             f"lacks (first: {extra[0]}); it was made for {made_for}"
         )
+    if not check_weights:
+        return
+    mods = sparse_modules(model) or target_linears(model, config)
+    for name, saved in meta.get("fingerprints", {}).items():  # artifacts older than fingerprints are not checked
+        if _fingerprint_distance(saved, weight_fingerprint(linear_matrix(mods[name]))) > FINGERPRINT_TOLERANCE:
+            raise SponError(
+                f"artifact {path} was made for other weights: module {name} has the same shape but different weights "
+                f"than the model the artifact was saved from ({made_for}); use that model, or load it with check_weights=False "
+                "(CLI: --ignore-weights) if you know the thresholds and vectors carry over"
+            )
 
 
 @torch.no_grad()
-def load_artifact(model: nn.Module, path: str | Path) -> dict:
-    """Sparsify `model` as the artifact says and load its thresholds and vectors; returns the artifact's JSON."""
+def load_artifact(model: nn.Module, path: str | Path, *, check_weights: bool = True) -> dict:
+    """Sparsify `model` as the artifact says and load its thresholds and vectors; returns the artifact's JSON.
+
+    The artifact's own rule and token mode are applied: a model already sparsified (with any rule) is first put
+    back to plain linears. check_weights: refuse an artifact saved from other weights of the same shapes (its
+    thresholds and folded biases belong to those weights); False loads it anyway.
+    """
     path = Path(path)
     meta, tensors = read_artifact(path)
     config = SparsityConfig.from_dict(meta["sparsity"])
-    _check_fits(meta, model, config, path)
+    _check_fits(meta, model, config, path, check_weights)
+    unsparsify_(model)  # whatever rule state the model had, the artifact's replaces it
     mods = sparsify_(model, config)
     for name, m in mods.items():
         m.threshold.fill_(float(tensors[f"{name}.threshold"][0]))

@@ -22,7 +22,7 @@ def ensure_writable_dir(path: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".spon-probe-"):
             pass
     except OSError as e:
-        raise SponError(f"cannot write to output folder {path} ({e.strerror}); choose a writable --out") from None
+        raise SponError(f"cannot write to output folder {path} ({e.strerror}); choose a writable output folder") from None
     return path
 
 
@@ -33,9 +33,9 @@ def _write_error(e: BaseException, path: Path) -> SponError | None:
     """A one-line error for a failed write (out of disk, permissions), or None if it is not a write error."""
     text = str(e)
     if (isinstance(e, OSError) and e.errno in _NO_SPACE) or "No space left" in text or "code: 28" in text:
-        return SponError(f"out of disk space while writing {path}; free some space or choose another --out (nothing was left behind)")
+        return SponError(f"out of disk space while writing {path}; free some space or choose another output folder (nothing was left behind)")
     if isinstance(e, OSError) and not isinstance(e, SponError):
-        return SponError(f"cannot write {path} ({e.strerror or e}); choose a writable --out (nothing was left behind)")
+        return SponError(f"cannot write {path} ({e.strerror or e}); choose a writable output folder (nothing was left behind)")
     return None
 
 

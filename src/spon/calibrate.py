@@ -19,7 +19,7 @@ from .hooks import collect_inputs
 from .reservoir import Reservoir
 from .sparse_activation import SparseActivation
 from .sparsify import dense, sparse_activations, sparse_modules
-from .threshold import sparsified_positions, threshold_from_samples
+from .selection import sparsified_positions, threshold_from_samples
 
 __all__ = ["calibrate_", "sample_scores", "SAMPLES_PER_LAYER"]
 
@@ -57,8 +57,9 @@ def sample_scores(
         x = x[..., pos, :]
         reservoirs[name].add(mod.act(x).abs() if isinstance(mod, SparseActivation) else mod.scores(x), gen)
 
+    total = len(range(me, len(batches), world)) if hasattr(batches, "__len__") else None  # this process's batches
     with dense(model):
-        collect_inputs(model, mine(), record, desc=desc, progress=progress and dd.is_main(), modules=mods)
+        collect_inputs(model, mine(), record, desc=desc, progress=progress and dd.is_main(), modules=mods, total=total)
     if world > 1:
         for name, res in reservoirs.items():
             merged = Reservoir(samples_per_layer)

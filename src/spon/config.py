@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SponError
+from .selection import RULES, SELECTIONS
 
-__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES", "SPON_ON"]
+__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES", "SPON_ON", "ALLOCATIONS", "INITS", "opt", "check_sparsity"]
 
 TOKEN_MODES = ("all", "decode", "last")
 ALLOCATIONS = ("uniform", "greedy")
@@ -16,24 +17,34 @@ INITS = ("zeros", "mean-dropped")
 SPON_ON = {"all": "", "attention": r"(attn|attention)", "mlp": r"(mlp|ffn|feed_forward)"}  # name regex per choice
 
 
+def opt(default=None, help: str = "", *, factory=None, **cli):
+    """A config field with its one-line reason; `help` and `cli` (choices, type, flag, action) also make its CLI flag."""
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class SparsityConfig:
     """Which linears are sparsified, how much, and on which tokens."""
 
-    sparsity: float = 0.5  # target fraction of each layer's input entries zeroed (the paper's main setting)
-    tokens: str = "all"  # "all" tokens, "decode" (single-token steps only) or the "last" fraction of each sequence
-    last_fraction: float = 0.5  # with tokens="last": TEAL's evaluation sparsifies the last half
-    include: str = r"\.\d+\."  # linears inside a numbered block list (decoder layers); never lm_head or embeddings
-    exclude: str = r"(^|\.)(lm_head|embed\w*|router)$"  # never the output head, embeddings or MoE routers
-    overrides: dict[str, float] = field(default_factory=dict)  # regex on module name -> sparsity, first match wins
-    rule: str = "magnitude"  # selection rule: magnitude (TEAL), wina, cats (MLP activations only), rsparse (see rules.py)
-    selection: str = "threshold"  # "threshold" (calibrated per layer) or "topk" (exact per token)
-    allocation: str = "uniform"  # "uniform", or "greedy" (TEAL's per-block allocation; fills `overrides` per module)
-    rsparse_budget: float = 0.1  # R-Sparse: low-rank factors as a fraction of each weight's size
+    sparsity: float = opt(0.5, "target fraction of each layer's input entries zeroed (the paper's main setting)", type="sparsity")
+    tokens: str = opt("all", "which tokens are sparsified: all, decode (single-token steps only; prefill dense) or the last "
+                      "fraction of each sequence", choices=TOKEN_MODES)
+    last_fraction: float = opt(0.5, "with tokens=last: TEAL's evaluation sparsifies the last half")
+    include: str = opt(r"\.\d+\.", "regex: linears inside a numbered block list (decoder layers); never lm_head or embeddings")
+    exclude: str = opt(r"(^|\.)(lm_head|embed\w*|router)$", "regex: never the output head, embeddings or MoE routers")
+    overrides: dict[str, float] = opt(help="per-layer sparsity for modules whose name matches REGEX, first match wins "
+                                      "(REGEX=S, repeatable)", factory=dict, flag="override", type="override")
+    rule: str = opt("magnitude", "selection rule: magnitude (TEAL), wina, cats (MLP activations only), rsparse (low-rank "
+                    "path for dropped inputs)", choices=RULES)
+    selection: str = opt("threshold", "a calibrated threshold per layer, or exact per-token top-k", choices=SELECTIONS)
+    allocation: str = opt("uniform", "uniform, or TEAL's greedy per-block allocation (fills overrides per module)",
+                          choices=ALLOCATIONS)
+    rsparse_budget: float = opt(0.1, "R-Sparse: low-rank factors as a fraction of each weight's size")
 
     def __post_init__(self):
-        from .rules import RULES, SELECTIONS
-
         if self.rule not in RULES:
             raise SponError(f"unknown rule {self.rule!r}; use one of {', '.join(RULES)}")
         if self.selection not in SELECTIONS:
@@ -79,20 +90,21 @@ class SparsityConfig:
 class TrainConfig:
     """Distillation of the spontaneous vectors from the dense model (only the alphas learn)."""
 
-    lr: float = 3e-4  # Adam; on SmolLM2-135M 1e-2 diverged and 1e-3 overshot (see README)
-    steps: int = 60  # optimiser steps; keep-best on validation KL guards against overshooting
-    batch_size: int = 4  # sequences per step
-    seq_len: int = 256  # tokens per sequence
-    warmup: int = 5  # linear learning-rate warm-up steps, then cosine decay to lr/10
-    grad_clip: float = 1.0  # max global grad norm of the alphas
-    eval_every: int = 10  # validation KL every this many steps (and at steps 0 and last)
-    val_sequences: int = 4  # validation sequences of seq_len tokens, held out from training
-    train_sequences: int | None = 64  # distinct training sequences, reused over epochs (None: steps*batch_size, one pass)
-    teacher_topk: int = 64  # teacher kept as top-k log-probs + rest mass, computed once; 0 = exact KL, teacher every step
-    init: str = "zeros"  # starting alphas: "zeros" or "mean-dropped" (E[x - S(x)] per layer, no gradient steps)
-    spon_on: str = "all"  # which sparse linears get a trainable vector: "all", "attention" or "mlp" (ablation)
-    neurons: int = 0  # 0: one input-space vector alpha per layer (SPON); k > 0: k output-space spontaneous neurons (ablation)
-    seed: int = 0  # data order and sampling
+    lr: float = opt(3e-4, "Adam learning rate; on SmolLM2-135M 1e-2 diverged and 1e-3 overshot (see README)")
+    steps: int = opt(60, "optimiser steps; keep-best on validation KL guards against overshooting")
+    batch_size: int = opt(4, "sequences per step")
+    seq_len: int = opt(256, "tokens per training sequence")
+    warmup: int = opt(5, "linear learning-rate warm-up steps, then cosine decay to lr/10")
+    grad_clip: float = opt(1.0, "max global gradient norm of the vectors")
+    eval_every: int = opt(10, "validation KL every this many steps (and at steps 0 and last)")
+    val_sequences: int = opt(4, "validation sequences of seq_len tokens, held out from training")
+    train_sequences: int | None = opt(64, "distinct training sequences, reused over epochs (None: steps x batch, one pass)")
+    teacher_topk: int = opt(64, "teacher kept as top-k log-probs + rest mass, computed once; 0 = exact KL, teacher every step")
+    init: str = opt("zeros", "starting vectors: zeros, or mean-dropped (E[x - S(x)] per layer, no gradient steps)", choices=INITS)
+    spon_on: str = opt("all", "which sparse linears get a trainable vector (ablation; others stay plain sparse)",
+                       choices=tuple(SPON_ON))
+    neurons: int = opt(0, "0: one input-space vector alpha per layer (SPON); k > 0: k output-space spontaneous neurons (ablation)")
+    seed: int = opt(0, "data order, sampling and calibration")
 
     def __post_init__(self):
         if self.init not in INITS:
@@ -115,7 +127,7 @@ class TrainConfig:
 
 def check_sparsity(value: float, what: str = "sparsity") -> float:
     if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-        raise SponError(f"{what} must be in [0, 1), got {value}; e.g. --sparsity 0.5 zeroes half of each input")
+        raise SponError(f"{what} must be in [0, 1), got {value}; e.g. 0.5 zeroes half of each input")
     return float(value)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from .errors import SponError
 
-__all__ = ["TextSplits", "load_splits", "tokenize", "sequences", "EMBEDDED", "STDLIB", "HUB_DATASETS"]
+__all__ = ["TextSplits", "load_splits", "load_eval_text", "tokenize", "sequences", "EMBEDDED", "STDLIB", "HUB_DATASETS", "PARTS"]
 
 EMBEDDED = "pydoc"  # CPython's documentation topics (pydoc_data.topics): on every machine with Python
 STDLIB = "stdlib"  # CPython's own source code (top-level Lib/*.py): another domain, also on every machine
@@ -77,7 +77,7 @@ def _stdlib_docs() -> dict[str, str]:
         docs[f.name] = text
         total += len(text)
     if not docs:
-        raise SponError(f"no Python source found under {root}; use --data pydoc or --data PATH/TO/TEXT")
+        raise SponError(f"no Python source found under {root}; use the embedded text 'pydoc' or a path to a text file")
     return docs
 
 
@@ -102,8 +102,8 @@ def _hub_splits(name: str) -> tuple[str, str, str]:
         import datasets
     except ImportError:
         raise SponError(
-            f"--data {name} needs the 'datasets' package (pip install datasets) and a dataset hub; "
-            f"offline, use --data {EMBEDDED} or --data PATH/TO/TEXT"
+            f"the dataset {name} needs the 'datasets' package (pip install datasets) and a dataset hub; "
+            f"offline, use the embedded text {EMBEDDED!r} or a path to a text file"
         ) from None
     try:
         if name == "wikitext2":
@@ -116,10 +116,10 @@ def _hub_splits(name: str) -> tuple[str, str, str]:
         ds = datasets.load_dataset("allenai/c4", data_files=files)
         train, val = ds["train"]["text"][:20000], ds["validation"]["text"]
         return "\n\n".join(train), "\n\n".join(val[:1000]), "\n\n".join(val[1000:3000])
-    except Exception as e:  # network, hub or cache errors all mean the same thing to the user
+    except (OSError, ValueError) as e:  # network, hub or cache errors (requests' and the hub's are OSErrors)
         raise SponError(
-            f"cannot load dataset {name!r} from the hub ({type(e).__name__}); offline, use --data {EMBEDDED} "
-            "or --data PATH/TO/TEXT"
+            f"cannot load dataset {name!r} from the hub ({type(e).__name__}); offline, use the embedded text {EMBEDDED!r} "
+            "or a path to a text file"
         ) from None
 
 
@@ -146,6 +146,33 @@ def load_splits(spec: str = EMBEDDED) -> TextSplits:
 
     source["python"] = sys.version.split()[0]
     return TextSplits(cal, val, ev, source)
+
+
+PARTS = ("whole", "calibration", "validation", "evaluation")
+
+
+def load_eval_text(spec: str = EMBEDDED, part: str | None = None) -> tuple[str, dict]:
+    """The text to score and its description (with "split": the part scored).
+
+    part None: a local file or folder is scored whole (what the user handed over); a named corpus (pydoc, stdlib,
+    wikitext2, c4) by its held-out evaluation part, since its other parts give calibration and training text.
+    "whole" / "calibration" / "validation" / "evaluation" ask for that part explicitly.
+    """
+    named = spec in (EMBEDDED, STDLIB, *HUB_DATASETS)
+    part = part or ("evaluation" if named else "whole")
+    if part not in PARTS:
+        raise SponError(f"unknown part {part!r}; use one of {', '.join(PARTS)}")
+    if part == "whole" and not named:
+        path = Path(spec)
+        if not path.exists():
+            raise SponError(f"text source {spec!r} is not a file, a folder, or one of {EMBEDDED}, {STDLIB}, {', '.join(HUB_DATASETS)}")
+        docs = _local_docs(path)
+        text = "\n\n".join(docs[k] for k in sorted(docs))
+        return text, {"name": str(path), "description": f"local text {path}", "split": "whole file"}
+    splits = load_splits(spec)
+    if part == "whole":
+        return "\n\n".join((splits.calibration, splits.validation, splits.evaluation)), {**splits.source, "split": "whole"}
+    return getattr(splits, part), {**splits.source, "split": part}
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:

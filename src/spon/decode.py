@@ -1,13 +1,16 @@
 """Serving: prepare a sparsified model for fast batch-1 decoding, and switch the kernels off to compare.
 
 After `prepare_decode_(model)` every `SparseLinear` keeps its weight input-major ([in, out], each input's
-weights one contiguous row), prepared once; single-token forwards go through the sparse GEMV kernel
-(CPU: C/OpenMP; GPU: Triton), and prefill (several tokens) through a dense matmul on the masked input,
-on a transposed view of the same storage, so the weights are not held twice.
+weights one contiguous row); single-token forwards go through the sparse GEMV kernel (CPU: C/OpenMP;
+GPU: Triton), and prefill (several tokens) through a dense matmul on the masked input, on a transposed
+view of the same storage, so the weights are not held twice. Only layers whose rule is a plain threshold
+(magnitude, CATS's down projection) take the kernel; WINA, top-k and R-Sparse layers stay on the masked
+matmul, and `decode_backends` says which layer uses what.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator
 
@@ -17,7 +20,60 @@ from torch import nn
 from .fold import fold_
 from .sparsify import set_attr, sparse_modules
 
-__all__ = ["prepare_decode_", "masked_dense", "decode_backend"]
+__all__ = ["prepare_decode_", "masked_dense", "decode_backend", "decode_backends", "DecodeState", "input_major"]
+
+
+def input_major(mod) -> torch.Tensor:
+    """A `SparseLinear`'s weight as [in, out] (contiguous once `prepare_decode_` ran)."""
+    return mod.weight if mod.transposed else mod.weight.t()
+
+
+class DecodeState:
+    """A prepared layer's decode state: whether single tokens take the kernel, and its prepared step.
+
+    The step (bias in float32, threshold rounded, buffers, packed arguments) is built on the first call and
+    again only when what it was built from changed: the threshold, bias or vectors (in place: tensor
+    versions; reassigned: identity), the weight's storage (a `model.to(...)` moves it), or the input dtype.
+    Before any foreign call the weight must be contiguous input-major on the input's device.
+    """
+
+    __slots__ = ("use_kernel", "plan", "_key", "_versions")
+
+    def __init__(self, use_kernel: bool = True):
+        self.use_kernel = use_kernel
+        self.plan = None
+        self._key: tuple | None = None
+        self._versions: tuple = ()
+
+    def fresh(self) -> "DecodeState":
+        """The same switch without the prepared step (copies and pickles must not share raw pointers)."""
+        return DecodeState(self.use_kernel)
+
+    def step(self, mod, x: torch.Tensor) -> torch.Tensor | None:
+        """W S(x) + bias for one token through the kernel; None: this layer or input takes the plain path."""
+        if not self.use_kernel or not mod.rule.plain:
+            return None
+        bias = mod.folded_bias if mod.folded else mod.bias
+        wt = input_major(mod)
+        key = (x.dtype, x.device, wt.data_ptr(), mod.threshold, mod.alpha, bias, mod.neurons)
+        versions = (mod.threshold._version, mod.alpha._version, 0 if bias is None else bias._version)
+        if self._key is None or any(a is not b for a, b in zip(key[3:], self._key[3:])) or key[:3] != self._key[:3] \
+                or versions != self._versions:
+            self._key, self._versions = key, versions
+            self.plan = self._build(mod, wt, bias, x)
+        if self.plan is None:
+            return None
+        return self.plan(x.reshape(-1)).view(*x.shape[:-1], mod.out_features)
+
+    @staticmethod
+    def _build(mod, wt: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor):
+        if not mod.folded and (mod.neurons is not None or mod.alpha.any()):
+            return None  # unfolded vectors: the plain path adds them
+        if wt.device != x.device or not wt.is_contiguous() or (bias is not None and bias.device != x.device):
+            return None  # moved or re-laid-out since prepare_decode_: never hand a kernel a foreign pointer
+        from .kernels import GemvPlan
+
+        return GemvPlan(wt, bias, float(mod.threshold), x.dtype)
 
 
 @torch.no_grad()
@@ -31,30 +87,42 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
     if fold and any(m.alpha.any() or m.neurons is not None for m in mods.values()):
         fold_(model)
     for m in mods.values():
-        if m.decode_wt is not None:
+        if m.decode is not None:
             continue
-        if m.transposed:  # GPT-2 Conv1D stores [in, out] already
-            m.decode_wt = m.weight.detach().contiguous()
-        else:
+        if not m.transposed:  # GPT-2 Conv1D stores [in, out] already
             wt = m.weight.detach().t().contiguous()
             m.weight = nn.Parameter(wt.t(), requires_grad=False)  # a view: dense/prefill matmuls use the same bytes
-            m.decode_wt = wt
+        m.decode = DecodeState()
     return model
 
 
 @contextlib.contextmanager
 def masked_dense(model: nn.Module) -> Iterator[nn.Module]:
     """Inside this block single tokens take the plain path too (F.linear on the masked input): the reference."""
-    with set_attr(list(sparse_modules(model).values()), "use_kernel", False):
+    with set_attr([m.decode for m in sparse_modules(model).values() if m.decode is not None], "use_kernel", False):
         yield model
 
 
-def decode_backend(model: nn.Module) -> str:
-    """Which kernel single-token steps use: "cpu", "triton", "torch" (fallback) or "none" (not prepared)."""
+def decode_backends(model: nn.Module, device: torch.device | str | None = None) -> dict[str, str]:
+    """What each sparse layer's single-token step uses: "cpu", "triton", "torch" (the plain-torch sparse GEMV),
+    "masked-matmul" (a rule the kernels do not compute, or unfolded vectors) or "none" (not prepared)."""
     from .kernels import backend_for
 
-    mods = [m for m in sparse_modules(model).values() if m.decode_wt is not None]
-    if not mods:
-        return "none"
-    m = mods[0]
-    return backend_for(torch.empty(0, device=m.decode_wt.device), m.decode_wt)
+    out = {}
+    for name, m in sparse_modules(model).items():
+        if m.decode is None:
+            out[name] = "none"
+        elif not m.decode.use_kernel or not m.rule.plain or (not m.folded and (m.neurons is not None or bool(m.alpha.any()))):
+            out[name] = "masked-matmul"
+        else:
+            wt = input_major(m)
+            out[name] = backend_for(torch.empty(0, device=device or wt.device), wt)
+    return out
+
+
+def decode_backend(model: nn.Module) -> str:
+    """One line for all layers: the backend when they agree ("cpu"), else the count of each ("cpu 150, masked-matmul 60")."""
+    counts = collections.Counter(decode_backends(model).values())
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{k} {v}" for k, v in counts.most_common())

@@ -10,7 +10,9 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "world_size", "rank", "is_main", "all_reduce_mean_", "all_gather_variable", "barrier"]
+from .errors import SponError
+
+__all__ = ["init_from_env", "world_size", "rank", "is_main", "all_reduce_mean_", "all_gather_variable", "barrier", "require_everywhere"]
 
 
 def init_from_env() -> bool:
@@ -76,3 +78,20 @@ def all_gather_variable(t: torch.Tensor) -> list[torch.Tensor]:
     out = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(out, padded)
     return [o[: int(s.item())].cpu() for o, s in zip(out, sizes)]
+
+
+def require_everywhere(ok: bool, missing: str, partial: str) -> None:
+    """Raise `SponError` on every process unless `ok` holds on every process (no process is left in a collective).
+
+    missing: the message when no process has it; partial: when some processes have it and others do not (e.g. a
+    file that only process 0 sees without a shared filesystem).
+    """
+    flags = torch.tensor([float(ok)])
+    if _active():
+        everyone = all_gather_variable(flags)
+        count = sum(float(f[0]) for f in everyone)
+    else:
+        count = float(ok)
+    if count == world_size():
+        return
+    raise SponError(missing if count == 0 else partial)

@@ -10,22 +10,29 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .bootstrap import BOOTSTRAP_SAMPLES, paired_bootstrap
+from .config import opt
 from .errors import SponError
 from .sparsify import dense, measure_sparsity, sparse_modules, without_spon
 
-__all__ = ["PRESETS", "EvalProtocol", "bos_token_id", "perplexity", "evaluate_variants", "gap_recovered"]
+__all__ = [
+    "PRESETS", "EvalProtocol", "WindowScores", "bos_token_id", "perplexity", "window_scores", "evaluate_variants", "gap_recovered",
+]
 
 
 @dataclass
 class EvalProtocol:
     """How perplexity is measured; every report states it."""
 
-    ctx_len: int = 512  # tokens per window, BOS included where the tokenizer adds one
-    stride: int = 512  # window start step; < ctx_len scores only the new tokens of each window
-    max_tokens: int | None = None  # evaluate on the first this many tokens (None: all)
-    batch_size: int = 4  # windows per forward
+    ctx_len: int = opt(512, "evaluation window in tokens, BOS included where the tokenizer adds one")
+    stride: int | None = opt(None, "window start step (default: the context length); smaller scores only each window's new tokens",
+                             type="int")
+    max_tokens: int | None = opt(None, "evaluate on the first this many tokens only (default: all)", type="int")
+    batch_size: int = opt(4, "windows per forward (and lm-eval's batch size)", flag="eval-batch-size")
 
     def __post_init__(self):
+        if self.stride is None:
+            self.stride = self.ctx_len
         if self.ctx_len < 2 or not 1 <= self.stride <= self.ctx_len:
             raise SponError(f"need ctx_len >= 2 and 1 <= stride <= ctx_len, got {self.ctx_len} and {self.stride}")
 
@@ -62,18 +69,29 @@ def _windows(n: int, body: int, stride: int, bos: bool) -> list[tuple[int, int, 
     return out
 
 
+@dataclass
+class WindowScores:
+    """One model's score on the evaluation windows: perplexity, scored tokens, and per window the summed NLL and token
+    count (what the bootstrap resamples)."""
+
+    ppl: float
+    tokens: int
+    nll: torch.Tensor  # [W] float64
+    counts: torch.Tensor  # [W] int64
+
+
 @torch.no_grad()
-def perplexity(
+def window_scores(
     model: nn.Module, ids: torch.Tensor, protocol: EvalProtocol, bos: int | None, *, progress: bool = True, desc: str = "perplexity"
-) -> tuple[float, int]:
-    """exp(mean NLL) over the scored tokens of `ids` (1-D); returns (perplexity, tokens scored)."""
+) -> WindowScores:
+    """exp(mean NLL) over the scored tokens of `ids` (1-D), with the NLL and token count of every window."""
     if protocol.max_tokens:
         ids = ids[: protocol.max_tokens]
     body = protocol.ctx_len - (1 if bos is not None else 0)
     if ids.numel() < body + (0 if bos is not None else 1):
         raise SponError(
             f"evaluation text has {ids.numel()} tokens, fewer than one {protocol.ctx_len}-token window; "
-            "give more text or a smaller --ctx-len"
+            "give more text or a smaller ctx_len"
         )
     device = next(model.parameters()).device
     wins = _windows(ids.numel(), body, protocol.stride, bos is not None)
@@ -82,6 +100,7 @@ def perplexity(
         groups.setdefault(w[1] - w[0], []).append(w)
     batches = [g[i : i + protocol.batch_size] for g in groups.values() for i in range(0, len(g), protocol.batch_size)]
     nll, count = 0.0, 0
+    per_nll, per_count = [], []
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         inp = torch.stack([ids[b:e] for b, e, _ in batch])
         labels = inp.clone()
@@ -91,13 +110,24 @@ def perplexity(
             inp = torch.cat([torch.full((len(batch), 1), bos), inp], dim=1)
             labels = torch.cat([torch.full((len(batch), 1), -100), labels], dim=1)
         logits = model(input_ids=inp.to(device)).logits.float()
-        # logits[:, j] predicts inp[:, j + 1]
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100, reduction="sum"
-        )
-        nll += float(loss)
-        count += int((labels[:, 1:] != -100).sum())
-    return math.exp(nll / count), count
+        # logits[:, j] predicts inp[:, j + 1]; per token, then summed per window and per batch
+        token_nll = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100, reduction="none"
+        ).view(len(batch), -1)
+        nll += float(token_nll.sum())
+        scored = (labels[:, 1:] != -100).sum(1)
+        count += int(scored.sum())
+        per_nll.append(token_nll.double().sum(1).cpu())
+        per_count.append(scored)
+    return WindowScores(math.exp(nll / count), count, torch.cat(per_nll), torch.cat(per_count))
+
+
+def perplexity(
+    model: nn.Module, ids: torch.Tensor, protocol: EvalProtocol, bos: int | None, *, progress: bool = True, desc: str = "perplexity"
+) -> tuple[float, int]:
+    """exp(mean NLL) over the scored tokens of `ids` (1-D); returns (perplexity, tokens scored)."""
+    w = window_scores(model, ids, protocol, bos, progress=progress, desc=desc)
+    return w.ppl, w.tokens
 
 
 def gap_recovered(ppl_dense: float, ppl_sparse: float, ppl_spon: float) -> float:
@@ -108,11 +138,12 @@ def gap_recovered(ppl_dense: float, ppl_sparse: float, ppl_spon: float) -> float
 
 def evaluate_variants(
     model: nn.Module, ids: torch.Tensor, protocol: EvalProtocol, bos: int | None, *, progress: bool = True,
-    ppl_dense: float | None = None,
+    dense_scores: WindowScores | None = None, seed: int = 0,
 ) -> dict:
-    """Perplexity of the dense, sparse and (if it has vectors) sparse+SPON model on the same tokens.
+    """Perplexity of the dense, sparse and (if it has vectors) sparse+SPON model on the same tokens, each with a 95%
+    interval from a paired bootstrap over the evaluation windows (and the gap recovered with its interval).
 
-    ppl_dense: the dense perplexity on these tokens with this protocol, if already known (sweeps).
+    dense_scores: the dense model's `window_scores` on these tokens with this protocol, if already known (sweeps).
     """
     mods = sparse_modules(model)
     if not mods:
@@ -123,17 +154,24 @@ def evaluate_variants(
     if config is not None:
         out["tokens_sparsified"] = config.describe_tokens()
         out["target_sparsity"] = config.sparsity
-    if ppl_dense is None:
+    if dense_scores is None:
         with dense(model):
-            ppl_dense, _ = perplexity(model, ids, protocol, bos, progress=progress, desc="dense")
-    out["ppl_dense"] = ppl_dense
+            dense_scores = window_scores(model, ids, protocol, bos, progress=progress, desc="dense")
+    scores = {"dense": dense_scores}
+    out["ppl_dense"] = dense_scores.ppl
     with without_spon(model), measure_sparsity(model) as sp:
-        out["ppl_sparse"], out["tokens"] = perplexity(model, ids, protocol, bos, progress=progress, desc="sparse")
+        scores["sparse"] = window_scores(model, ids, protocol, bos, progress=progress, desc="sparse")
+    out["ppl_sparse"], out["tokens"] = scores["sparse"].ppl, scores["sparse"].tokens
     out["sparsity_measured"] = sp["weighted"]
     out["sparsity_measured_entries"] = sp["entries"]
     out["has_spon"] = has_spon
     out["gap_recovered"] = None  # no vectors: nothing to recover with
     if has_spon:
-        out["ppl_spon"], _ = perplexity(model, ids, protocol, bos, progress=progress, desc="sparse+SPON")
+        scores["spon"] = window_scores(model, ids, protocol, bos, progress=progress, desc="sparse+SPON")
+        out["ppl_spon"] = scores["spon"].ppl
         out["gap_recovered"] = gap_recovered(out["ppl_dense"], out["ppl_sparse"], out["ppl_spon"])
+    out["windows"] = int(dense_scores.counts.numel())
+    out["ci95"] = paired_bootstrap({k: v.nll for k, v in scores.items()}, dense_scores.counts, seed=seed)
+    out["bootstrap"] = {"samples": BOOTSTRAP_SAMPLES, "unit": "evaluation windows, resampled jointly for all variants",
+                        "seed": seed}
     return out

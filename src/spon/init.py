@@ -13,15 +13,15 @@ from torch import nn
 
 from .hooks import collect_inputs
 from .sparsify import sparse_modules, without_spon
-from .threshold import sparsified_positions
+from .selection import dropped, sparsified_positions
 
 __all__ = ["mean_dropped", "init_alphas_"]
 
 
 def mean_dropped(x: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum over tokens of the dropped part x * (|x| <= tau), and the token count; x: [..., D]."""
-    dropped = x * (x.abs() <= tau).to(x.dtype)
-    return dropped.reshape(-1, x.shape[-1]).float().sum(0), dropped.numel() // x.shape[-1]
+    d = dropped(x, tau)
+    return d.reshape(-1, x.shape[-1]).float().sum(0), d.numel() // x.shape[-1]
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kl_per_token", "topk_teacher", "kl_topk"]
+__all__ = ["kl_per_token", "topk_teacher", "kl_topk", "complement_logsumexp"]
 
 
 def kl_per_token(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -18,9 +18,11 @@ def kl_per_token(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> to
     return kl / (teacher_logp.numel() // teacher_logp.shape[-1])
 
 
-def _log_rest(top_logp: torch.Tensor) -> torch.Tensor:
-    """log(1 - sum(exp(top_logp))) over the last dim: the log-mass outside the top k."""
-    return torch.log((1.0 - top_logp.exp().sum(-1)).clamp_min(1e-12))
+def complement_logsumexp(logp: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """log of the probability mass outside `indices`, as a logsumexp over the complement (no cancellation when the
+    top-k mass is near 1, and a gradient for every outside token). logp: [..., V], indices: [..., k] -> [...]."""
+    floor = torch.finfo(logp.dtype).min  # not -inf: an empty complement (k = V) must give mass 0, not a NaN gradient
+    return logp.scatter(-1, indices, floor).logsumexp(-1).clamp_min(floor)
 
 
 def topk_teacher(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -30,7 +32,7 @@ def topk_teacher(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     """
     logp = F.log_softmax(logits.float(), dim=-1)
     values, indices = logp.topk(k, dim=-1)
-    return values, indices, _log_rest(values)
+    return values, indices, complement_logsumexp(logp, indices)
 
 
 def kl_topk(values: torch.Tensor, indices: torch.Tensor, log_rest: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -41,5 +43,5 @@ def kl_topk(values: torch.Tensor, indices: torch.Tensor, log_rest: torch.Tensor,
     """
     s_logp = F.log_softmax(student_logits.float(), dim=-1)
     s_top = s_logp.gather(-1, indices)
-    kl = (values.exp() * (values - s_top)).sum(-1) + log_rest.exp() * (log_rest - _log_rest(s_top))
+    kl = (values.exp() * (values - s_top)).sum(-1) + log_rest.exp() * (log_rest - complement_logsumexp(s_logp, indices))
     return kl.mean()

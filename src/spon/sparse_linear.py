@@ -1,8 +1,11 @@
 """`SparseLinear`: an `nn.Linear` whose input is sparsified, plus a spontaneous-neuron vector.
 
-    sparse:  y = W (S(x) + alpha) + b          S(x) = x * (|x| > tau) on the selected tokens
+    sparse:  y = W (S(x) + alpha) + b          S(x) = x * (|x| > tau) on the sparsified tokens
     folded:  y = W S(x) + (b + W alpha)        (same numbers, no extra work)
     dense:   y = W x + b                       (the teacher; `with spon.dense(model):`)
+
+SPON acts exactly where S acts: tokens that the token mode leaves dense (`tokens="last"` or "decode")
+compute the plain `W x + b`, with the original bias, also once folded.
 
 Ablation only: `neurons` [out, k] and `rates` [k] are k spontaneous neurons of the original formulation, each
 with its own output weights, adding `neurons @ rates` to the output (also folded into the bias).
@@ -14,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import keep_mask, score
-from .threshold import apply_to_positions, sparsified_positions
+from .selection import keep_mask, score, sparsified_positions
 
-__all__ = ["SparseLinear", "is_linear", "linear_shape"]
+__all__ = ["SparseLinear", "SelectionRule", "is_linear", "linear_shape", "linear_matrix"]
 
 
 def is_conv1d(mod: nn.Module) -> bool:
@@ -31,75 +33,82 @@ def linear_shape(mod: nn.Module) -> list[int]:
     return [w.shape[1], w.shape[0]] if is_conv1d(mod) or getattr(mod, "transposed", False) else [w.shape[0], w.shape[1]]
 
 
+def linear_matrix(mod: nn.Module) -> torch.Tensor:
+    """The weight of an `nn.Linear`, `Conv1D` or `SparseLinear` as [out_features, in_features]."""
+    return mod.weight.t() if is_conv1d(mod) or getattr(mod, "transposed", False) else mod.weight
+
+
 def is_linear(mod: nn.Module) -> bool:
     """A plain dense linear layer that `SparseLinear` can wrap: `nn.Linear` or transformers' `Conv1D`."""
     return type(mod) is nn.Linear or is_conv1d(mod)
 
 
-_DECODE_INPUTS = frozenset({"weight", "bias", "threshold", "alpha", "folded_bias", "neurons", "rates", "decode_wt"})
+class CountsZeros:
+    """Counts the zeros a sparse module makes while `measure_sparsity` runs (`stats` = [zeros, entries])."""
+
+    stats: list[float] | None = None
+
+    def count(self, mask: torch.Tensor | None) -> None:
+        if self.stats is not None and mask is not None:
+            self.stats[0] += float((~mask).sum())
+            self.stats[1] += float(mask.numel())
 
 
-class _DecodeStep:
-    """A layer's prepared decode step and what it was built from (checked in well under a microsecond)."""
+class SelectionRule(nn.Module):
+    """One layer's rule state (non-persistent buffers, so `model.to(...)` moves it); plain magnitude by default.
 
-    __slots__ = ("plan", "dtype", "watch", "versions")
+    score_scale: WINA's column norms [in] (None: |x|); keep: top-k entries per token (None: the threshold);
+    lowrank_u [out, r], lowrank_v [r, in]: R-Sparse's low-rank path for the dropped inputs.
+    """
 
-    def __init__(self, mod: "SparseLinear", dtype: torch.dtype):
-        bias = mod.folded_bias if mod.folded else mod.bias
-        self.dtype = dtype
-        self.watch = tuple(t for t in (mod.threshold, mod.alpha, bias) if t is not None)
-        self.versions = tuple(t._version for t in self.watch)
-        self.plan = None
-        if mod.folded or (mod.neurons is None and not mod.alpha.any()):  # unfolded vectors: the plain path
-            from .kernels import GemvPlan
+    def __init__(self, rule: str = "magnitude", *, score_scale=None, keep: int | None = None, lowrank_u=None, lowrank_v=None):
+        super().__init__()
+        self.rule, self.keep = rule, keep
+        self.register_buffer("score_scale", score_scale, persistent=False)
+        self.register_buffer("lowrank_u", lowrank_u, persistent=False)
+        self.register_buffer("lowrank_v", lowrank_v, persistent=False)
 
-            self.plan = GemvPlan(mod.decode_wt, bias, float(mod.threshold), dtype)
+    @property
+    def plain(self) -> bool:
+        """Only |x| > tau decides and nothing is added for the dropped part: what the decode kernels compute."""
+        return self.score_scale is None and self.keep is None and self.lowrank_u is None
 
-    def stale(self, dtype: torch.dtype) -> bool:
-        return dtype != self.dtype or any(t._version != v for t, v in zip(self.watch, self.versions))
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return score(x, self.score_scale)
+
+    def mask(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        return keep_mask(self.scores(x), tau, self.keep)
+
+    def extra_repr(self) -> str:
+        return f"rule={self.rule}, keep={self.keep}"
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(CountsZeros, nn.Module):
     """Wraps the weight and bias of an `nn.Linear` (shared, not copied) with input sparsity and SPON."""
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, device=None, dtype=None):
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None, *, transposed: bool = False,
+                 dense_cls: type = nn.Linear, tokens: str = "all", last_fraction: float = 0.5):
+        """weight [out, in] (or [in, out] when `transposed`, as GPT-2's Conv1D stores it) and bias are shared, not copied."""
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        self.weight, self.bias = weight, bias
+        self.transposed, self._dense_cls = transposed, dense_cls  # the wrapped class, given back by `to_linear`
+        self.out_features, self.in_features = linear_shape(self)
+        device = weight.device
         self.register_buffer("threshold", torch.tensor(-1.0, device=device))  # -1: nothing dropped
-        self.alpha = nn.Parameter(torch.zeros(in_features, device=device, dtype=torch.float32), requires_grad=False)
-        self.register_buffer("folded_bias", None)  # b + W alpha once folded
+        self.alpha = nn.Parameter(torch.zeros(self.in_features, device=device), requires_grad=False)
+        self.register_buffer("folded_bias", None)  # b + W alpha once folded (used at sparsified tokens only)
         self.neurons: nn.Parameter | None = None  # ablation: [out, k] output weights of k spontaneous neurons
         self.rates: nn.Parameter | None = None  # ablation: [k] their constant activations
-        self.score_scale: torch.Tensor | None = None  # WINA: the weight's column norms [in]; None: plain |x|
-        self.keep: int | None = None  # top-k selection: entries kept per token; None: the calibrated threshold
-        self.lowrank_u: torch.Tensor | None = None  # R-Sparse: W ~ U V; the dropped part goes through U V
-        self.lowrank_v: torch.Tensor | None = None
-        self.decode_wt: torch.Tensor | None = None  # input-major weight [in, out] for the decode kernel (prepare_decode_)
-        self.use_kernel = True  # False inside `masked_dense(model)`: single tokens go through F.linear too
-        self._plan: _DecodeStep | None = None  # the prepared decode step; dropped when its inputs are reassigned
+        self.rule = SelectionRule()  # set by `sparsify.apply_rule`
         self.sparse = True  # False inside `dense(model)`
-        self.tokens, self.last_fraction = "all", 0.5
-        self.stats: list[float] | None = None  # [zeros, entries] while measuring sparsity
-        self.transposed = False  # True when wrapping a Conv1D, whose weight is [in, out]
-        self._dense_cls: type = nn.Linear
+        self.tokens, self.last_fraction = tokens, last_fraction
+        self.decode = None  # `decode.DecodeState` once `prepare_decode_` ran: single tokens take the kernel
 
     @classmethod
     def from_linear(cls, linear: nn.Module, tokens: str = "all", last_fraction: float = 0.5) -> "SparseLinear":
         """Wrap an `nn.Linear` (or a GPT-2 `Conv1D`), sharing its weight and bias."""
-        w = linear.weight
-        out_f, in_f = linear_shape(linear)
-        mod = cls(in_f, out_f, bias=False, device="meta")
-        mod.alpha = nn.Parameter(torch.zeros(in_f, device=w.device), requires_grad=False)
-        mod.threshold = torch.tensor(-1.0, device=w.device)
-        mod.weight, mod.bias = linear.weight, linear.bias
-        mod.transposed, mod._dense_cls = is_conv1d(linear), type(linear)
-        mod.tokens, mod.last_fraction = tokens, last_fraction
-        mod.neurons = mod.rates = None
-        mod.decode_wt, mod.use_kernel = None, True
-        mod.score_scale = mod.keep = mod.lowrank_u = mod.lowrank_v = None
-        return mod
+        return cls(linear.weight, linear.bias, transposed=is_conv1d(linear), dense_cls=type(linear), tokens=tokens,
+                   last_fraction=last_fraction)
 
     def to_linear(self) -> nn.Module:
         """The plain dense layer back, of its original class, with the original weight and bias objects."""
@@ -121,64 +130,52 @@ class SparseLinear(nn.Module):
     def folded(self) -> bool:
         return self.folded_bias is not None
 
-    def sparse_input(self, x: torch.Tensor) -> torch.Tensor:
-        """S(x) on the selected tokens; x: [..., T, in_features]."""
-        positions = sparsified_positions(x.shape[-2] if x.dim() >= 2 else 1, self.tokens, self.last_fraction)
-        xs, mask = apply_to_positions(x, positions, self.select)
-        if self.stats is not None and mask is not None:
-            self.stats[0] += float((~mask).sum())
-            self.stats[1] += float(mask.numel())
-        return xs
-
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """The kept entries of x (boolean mask): score above the threshold, or the top `keep` of each token."""
-        return keep_mask(score(x, self.score_scale), self.threshold, self.keep)
+        return self.rule.mask(x, self.threshold)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """What the threshold is compared with: |x|, or |x| times the column norms (WINA)."""
-        return score(x, self.score_scale)
+        return self.rule.scores(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.sparse:
             return F.linear(x, self.matrix, self.bias)
-        if (self.decode_wt is not None and self.use_kernel and x.numel() == self.in_features and self.stats is None
-                and self.score_scale is None and self.keep is None and self.lowrank_u is None):
-            y = self._decode(x)
+        if self.decode is not None and x.numel() == self.in_features and self.stats is None:
+            y = self.decode.step(self, x)
             if y is not None:
                 return y
-        xs = self.sparse_input(x)
+        T = x.shape[-2] if x.dim() >= 2 else 1
+        start, stop, _ = sparsified_positions(T, self.tokens, self.last_fraction).indices(T)
+        if start == 0 and stop == T:
+            return self._sparse(x)
+        if start >= stop:  # no token of this input is sparsified
+            return F.linear(x, self.matrix, self.bias)
+        # x: [..., T, in]: dense tokens first, sparsified (with their spontaneous activity) after
+        return torch.cat([F.linear(x[..., :start, :], self.matrix, self.bias), self._sparse(x[..., start:stop, :])], dim=-2)
+
+    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+        """W (S(x) + alpha) + b (+ the ablation's neurons, + R-Sparse's low-rank part) on tokens that are all sparsified."""
+        mask = self.select(x)
+        self.count(mask)
+        xs = x * mask.to(x.dtype)
         if self.folded:
             y = F.linear(xs, self.matrix, self.folded_bias)
         else:
             y = F.linear(xs + self.alpha.to(xs.dtype), self.matrix, self.bias)
             if self.neurons is not None:
                 y = y + (self.neurons @ self.rates).to(y.dtype)
-        if self.lowrank_u is not None:  # R-Sparse: the dropped inputs through the low-rank W
-            y = y + F.linear(F.linear(x - xs, self.lowrank_v.to(x.dtype)), self.lowrank_u.to(x.dtype))
+        if self.rule.lowrank_u is not None:  # R-Sparse: the dropped inputs through the low-rank W
+            u, v = self.rule.lowrank_u.to(x.dtype), self.rule.lowrank_v.to(x.dtype)
+            y = y + F.linear(F.linear(x - xs, v), u)
         return y
 
-    def _decode(self, x: torch.Tensor) -> torch.Tensor | None:
-        """One token through the sparse GEMV kernel (W S(x) + bias, reading only kept rows); None: not possible.
-
-        The layer's step (bias in float32, threshold, buffers) is prepared on the first call and again only
-        when what it was built from changed: an in-place change of the threshold, bias or vectors (tensor
-        versions), a new tensor assigned to any of them (`__setattr__`), or another input dtype.
-        """
-        step = self._plan
-        if step is None or step.stale(x.dtype):
-            step = self._plan = _DecodeStep(self, x.dtype)
-        if step.plan is None:
-            return None
-        return step.plan(x.reshape(-1)).view(*x.shape[:-1], self.out_features)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _DECODE_INPUTS:
-            self.__dict__["_plan"] = None
-        super().__setattr__(name, value)
-
     def __getstate__(self) -> dict:
-        """Copies and pickles leave the prepared step behind (it holds raw pointers); it is rebuilt on use."""
-        return {**self.__dict__, "_plan": None}
+        """Copies and pickles leave the prepared decode step behind (it holds raw pointers); it is rebuilt on use."""
+        state = dict(self.__dict__)
+        if state.get("decode") is not None:
+            state["decode"] = state["decode"].fresh()
+        return state
 
     def spon_output(self) -> torch.Tensor:
         """What the spontaneous activity adds to the output, W alpha (+ neurons @ rates), in float32: [out]."""

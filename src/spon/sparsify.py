@@ -12,10 +12,10 @@ from torch import nn
 from .config import SparsityConfig
 from .errors import SponError
 from .sparse_activation import MLP_ACTIVATION, SparseActivation
-from .sparse_linear import SparseLinear, is_linear
+from .sparse_linear import SelectionRule, SparseLinear, is_linear
 
 __all__ = [
-    "sparsify_", "unsparsify_", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
+    "sparsify_", "unsparsify_", "apply_rule", "decode_as_sparse_suffix", "set_attr", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
 ]
 
 
@@ -44,18 +44,21 @@ def _switchable(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def _apply_rule(model: nn.Module, config: SparsityConfig) -> None:
-    """Set the rule's per-layer state: WINA column norms, R-Sparse low-rank factors, top-k counts, CATS wrappers."""
-    from .rules import column_norms, keep_count, low_rank
+def apply_rule(model: nn.Module, config: SparsityConfig) -> None:
+    """Give every sparse layer its rule state (WINA column norms, R-Sparse low-rank factors, top-k counts) and, for
+    CATS, wrap the MLP activations; the one place rule state is set."""
+    from .selection import column_norms, keep_count, low_rank
 
     for name, m in sparse_modules(model).items():
-        m.score_scale = column_norms(m.matrix).to(m.weight.device) if config.rule == "wina" else None
+        state: dict = {}
+        if config.rule == "wina":
+            state["score_scale"] = column_norms(m.matrix).to(m.weight.device)
         if config.rule == "rsparse":
             u, v = low_rank(m.matrix, config.rsparse_budget)
-            m.lowrank_u, m.lowrank_v = u.to(m.weight.device), v.to(m.weight.device)
-        else:
-            m.lowrank_u = m.lowrank_v = None
-        m.keep = keep_count(m.in_features, config.sparsity_for(name)) if config.selection == "topk" and config.rule != "cats" else None
+            state["lowrank_u"], state["lowrank_v"] = u.to(m.weight.device), v.to(m.weight.device)
+        if config.selection == "topk" and config.rule != "cats":
+            state["keep"] = keep_count(m.in_features, config.sparsity_for(name))
+        m.rule = SelectionRule(config.rule, **state)
     if config.rule == "cats":
         for name, act in list(model.named_modules()):
             if MLP_ACTIVATION.search(name) and not isinstance(act, SparseActivation):
@@ -97,7 +100,7 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None) -> dict[st
         )
     for name, lin in targets.items():
         _set_submodule(model, name, SparseLinear.from_linear(lin, config.tokens, config.last_fraction))
-    _apply_rule(model, config)
+    apply_rule(model, config)
     model.spon_config = config
     return sparse_modules(model)
 
@@ -178,3 +181,22 @@ def without_spon(model: nn.Module) -> Iterator[nn.Module]:
             for m, (alpha, fb, neurons) in zip(mods, saved):
                 m.alpha.copy_(alpha)
                 m.folded_bias, m.neurons = fb, neurons
+
+
+@contextlib.contextmanager
+def decode_as_sparse_suffix(model: nn.Module, fraction: float | None = None) -> Iterator[nn.Module]:
+    """Layers in token mode "decode" sparsify the last `fraction` of each sequence inside this block.
+
+    A generation whose prompt is prefilled dense and whose new tokens are decoded sparse computes, position by
+    position, what one forward with the prompt dense and the rest sparse computes; so this is how decode mode
+    is trained and measured on whole sequences. fraction: default each layer's `last_fraction`.
+    """
+    mods = [m for m in sparse_modules(model).values() if m.tokens == "decode"]
+    saved = [(m.tokens, m.last_fraction) for m in mods]
+    for m in mods:
+        m.tokens, m.last_fraction = "last", fraction or m.last_fraction
+    try:
+        yield model
+    finally:
+        for m, (tokens, last) in zip(mods, saved):
+            m.tokens, m.last_fraction = tokens, last

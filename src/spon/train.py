@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from .data import sequences
 from .errors import SponError
 from .init import init_alphas_
 from .kl import kl_per_token, kl_topk, topk_teacher
-from .sparsify import dense, sparse_modules
+from .sparsify import decode_as_sparse_suffix, dense, sparse_modules
 
 __all__ = ["train_spon_", "TrainResult", "Teacher", "validation_kl", "lr_at", "spon_parameters_"]
 
@@ -163,6 +164,11 @@ def train_spon_(
     mods = sparse_modules(model)
     if not mods:
         raise SponError("the model has no sparse layers; call sparsify_ and calibrate_ before training SPON")
+    if any(m.folded for m in mods.values()):
+        raise SponError(
+            "this model's SPON vectors are already folded into its biases (an exported model, or fold_ ran); train from the "
+            "unfolded artifact instead (load_artifact / spon train --artifact ART on the base model)"
+        )
     n_train = config.train_sequences or config.steps * config.batch_size
     train_seqs = sequences(train_ids, config.seq_len, bos=bos)
     gen = torch.Generator().manual_seed(config.seed)
@@ -171,7 +177,7 @@ def train_spon_(
     if len(train_seqs) < 1 or len(val_seqs) < 1:
         raise SponError(
             f"too little text to train SPON: need at least one {config.seq_len}-token sequence for training and "
-            f"for validation, got {train_ids.numel()} and {val_ids.numel()} tokens; use more text or a smaller --seq-len"
+            f"for validation, got {train_ids.numel()} and {val_ids.numel()} tokens; use more text or a smaller seq_len"
         )
     model.eval()
     frozen = [(p, p.requires_grad) for p in model.parameters()]
@@ -186,8 +192,9 @@ def train_spon_(
         ckpt = _Checkpointer(Path(checkpoint), checkpoint_every, config, mods) if checkpoint else None
         state = ckpt.load() if ckpt and resume else None
         if resume and state is None:
-            raise SponError(f"nothing to resume: no checkpoint at {checkpoint}; run without --resume")
-        result = _optimise(model, alphas, train, val, config, progress and dd.is_main(), ckpt, state, on_step)
+            raise SponError(f"nothing to resume: no checkpoint at {checkpoint}; start without resume")
+        with decode_as_sparse_suffix(model):  # token mode "decode": prompt dense, continuation sparse, as generation runs
+            result = _optimise(model, alphas, train, val, config, progress and dd.is_main(), ckpt, state, on_step)
     finally:
         for p, req in frozen:
             p.requires_grad_(req)
@@ -219,7 +226,7 @@ class _Checkpointer:
         state = {
             "version": CHECKPOINT_VERSION, **self._identity(), "step": step, "pos": pos,
             "params": [a.detach().cpu().clone() for a in alphas], "optimizer": opt.state_dict(),
-            "best_state": [b.cpu() for b in best_state], "result": result.to_dict(), "rng": torch.get_rng_state(),
+            "best_state": [b.cpu() for b in best_state], "result": result.to_dict(),
             "thresholds": {n: float(m.threshold) for n, m in self.mods.items()},
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,8 +237,8 @@ class _Checkpointer:
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as e:  # truncated or foreign file
+            state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain containers only
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:  # truncated or foreign file
             raise SponError(f"cannot read checkpoint {self.path} ({type(e).__name__}); delete it and train again") from None
         if state.get("version") != CHECKPOINT_VERSION:
             raise SponError(f"checkpoint {self.path} has format {state.get('version')}, this spon reads {CHECKPOINT_VERSION}")
@@ -289,8 +296,7 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
         opt.load_state_dict(resume["optimizer"])
         best_state = [b.to(a.device) for a, b in zip(alphas, resume["best_state"])]
         result = TrainResult(**resume["result"])
-        pos, first = resume["pos"], resume["step"] + 1
-        torch.set_rng_state(resume["rng"])
+        pos, first = resume["pos"], resume["step"] + 1  # every draw is from seeded generators: no global RNG to restore
     bar = tqdm(range(first, config.steps + 1), desc="training SPON", disable=not progress, initial=first - 1, total=config.steps)
     for step in bar:
         rows = order[torch.arange(pos, pos + config.batch_size) % len(order)]  # wraps into the next epoch

@@ -144,6 +144,6 @@ def cpu_kernel() -> CpuKernel | None:
         if not cc:
             raise RuntimeError("no C compiler (gcc or cc) on PATH")
         return CpuKernel(_build(cc))
-    except Exception as e:  # any build or load failure means: plain torch, and say so once
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:  # a failed build or load: plain torch, said once
         warnings.warn(f"spon: sparse CPU kernel unavailable ({e}); decoding falls back to plain torch (no speed-up)", stacklevel=2)
         return None

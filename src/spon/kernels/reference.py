@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from ..selection import keep_mask
+
 __all__ = ["reference_gemv"]
 
 
 def reference_gemv(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: float) -> torch.Tensor:
     """W S(x) + b with S(x) = x * (|x| > tau): gather the kept rows of wt [in, out] and multiply, in float32."""
-    keep = (x.abs() > tau).nonzero().flatten()
+    keep = keep_mask(x.abs(), tau).nonzero().flatten()
     y = x.float()[keep] @ wt[keep].float()
     if bias is not None:
         y = y + bias.float()

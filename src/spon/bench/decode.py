@@ -1,0 +1,158 @@
+"""`spon bench decode`: batch-1 greedy generation, dense vs sparse vs sparse + folded SPON, tokens/s.
+
+One run, variants alternated round by round (same machine load for all), prompt prefill excluded from
+the rate, first round discarded as warm-up. Variants:
+- dense: the stock model, untouched (the baseline users have);
+- dense_kernel_0pct: our decode path with nothing dropped (threshold -1, no SPON): the gain from the loop alone;
+- sparse: the sparse kernel, plain biases;
+- sparse+SPON: the sparse kernel with SPON folded into the biases (what `spon export` serves);
+- masked_dense: sparse+SPON through F.linear on the masked input (the reference the kernel must match).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..atomic import ensure_writable_dir
+from ..config import SparsityConfig, opt
+from ..decode import decode_backend, masked_dense, prepare_decode_
+from ..models import ModelArgs
+from ..machine import machine
+from ..sparsify import sparse_modules, without_spon
+from .output import write_json
+
+__all__ = ["greedy_decode", "bench_decode", "VARIANTS", "DecodeBench", "run_decode_bench"]
+
+VARIANTS = ("dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense")
+
+
+def _cache_kw(model: nn.Module) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
+    """Greedy tokens after `prompt` [1, T] with a KV cache; returns (tokens, prefill seconds, decode seconds).
+
+    The decode time covers the new_tokens - 1 single-token forwards after the prefill.
+    """
+    kw = _cache_kw(model)
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    out = model(input_ids=prompt.to(device), use_cache=True)
+    tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    t1 = time.perf_counter()
+    tokens = [int(tok)]
+    for _ in range(new_tokens - 1):
+        out = model(input_ids=tok, use_cache=True, **{kw: _cache_of(out)})
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(int(tok))
+    return tokens, t1 - t0, time.perf_counter() - t1
+
+
+@contextlib.contextmanager
+def _nothing_dropped(model: nn.Module):
+    mods = list(sparse_modules(model).values())
+    saved = [m.threshold.clone() for m in mods]
+    with without_spon(model):
+        for m in mods:
+            m.threshold.fill_(-1.0)
+        try:
+            yield model
+        finally:
+            for m, t in zip(mods, saved):
+                m.threshold.copy_(t)
+
+
+def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.Tensor, *, new_tokens: int = 64,
+                 repeats: int = 3, progress: bool = True) -> dict:
+    """tokens/s of each variant; `sparse_model` is sparsified (thresholds, SPON vectors) and gets prepared here."""
+    prepare_decode_(sparse_model)
+    contexts = {
+        "dense": (dense_model, contextlib.nullcontext),
+        "dense_kernel_0pct": (sparse_model, lambda: _nothing_dropped(sparse_model)),
+        "sparse": (sparse_model, lambda: without_spon(sparse_model)),
+        "sparse+SPON": (sparse_model, contextlib.nullcontext),
+        "masked_dense": (sparse_model, lambda: masked_dense(sparse_model)),
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in contexts}
+    tokens: dict[str, list[int]] = {}
+    for r in tqdm(range(repeats + 1), desc="decode rounds", disable=not progress):
+        for name, (model, ctx) in contexts.items():
+            with ctx():
+                toks, _, dt = greedy_decode(model, prompt, new_tokens)
+            tokens.setdefault(name, toks)
+            if r > 0:
+                seconds[name].append(dt)
+    rate = {k: (new_tokens - 1) / statistics.median(v) for k, v in seconds.items()}
+    spread = {k: (max(v) - min(v)) / statistics.median(v) for k, v in seconds.items()}
+
+    def same(a, b):
+        n = next((i for i, (x, y) in enumerate(zip(tokens[a], tokens[b])) if x != y), None)
+        return {"identical": n is None, "first_difference": n}
+
+    return {
+        "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats,
+        "backend": decode_backend(sparse_model), "tokens_per_s": rate, "round_spread": spread,
+        "speedup_vs_dense": {k: v / rate["dense"] for k, v in rate.items()},
+        "spon_cost": rate["sparse"] / rate["sparse+SPON"] - 1.0,
+        "kernel_vs_masked_dense": same("sparse+SPON", "masked_dense"),
+        "kernel_0pct_vs_dense": same("dense_kernel_0pct", "dense"),
+        "seconds": seconds,
+    }
+
+
+@dataclass
+class DecodeBench(ModelArgs):
+    """`spon bench decode`: batch-1 greedy decoding, dense vs sparse vs sparse+folded SPON, tokens/s."""
+
+    data: str = opt("pydoc", "calibration text when no artifact is given")
+    artifact: str | None = opt(None, "thresholds + SPON vectors to serve (default: calibrate the sparsity, no SPON)", type="str")
+    sparsity: SparsityConfig = opt(factory=SparsityConfig)
+    calib_tokens: int = opt(8192, "calibration tokens for thresholds")
+    dtypes: str = opt("float32,bfloat16", "comma-separated dtypes to run")
+    new_tokens: int = opt(64, "greedy tokens per round")
+    repeats: int = opt(3, "rounds after a warm-up round (median)")
+    prompt: str = opt("In Python, a list comprehension", "the prompt")
+    out: str | None = opt(None, "folder for decode.json and decode.png", type="str")
+
+
+def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
+    from ..data import load_splits
+    from ..jobs import calibrate_model, open_model
+    from ..experiments.plots import plot_decode
+    from ..models import load_model
+    from .gemv import parse_dtypes
+
+    dtypes = parse_dtypes(cfg.dtypes, ("float32", "bfloat16", "float16"))
+    out = ensure_writable_dir(cfg.out) if cfg.out else None
+    splits = load_splits(cfg.data) if not cfg.artifact else None
+    runs, meta = {}, None
+    for dtype in dtypes:
+        dense_lm = load_model(cfg.model, dtype)
+        sparse_lm, meta = open_model(cfg.model, dtype, cfg.artifact, check_weights=not cfg.ignore_weights)
+        if meta is None:
+            calibrate_model(sparse_lm, splits, cfg.sparsity, calib_tokens=cfg.calib_tokens, progress=progress)
+        prompt = dense_lm.tokenizer(cfg.prompt, return_tensors="pt")["input_ids"]
+        runs[dtype] = bench_decode(dense_lm.model, sparse_lm.model, prompt, new_tokens=cfg.new_tokens, repeats=cfg.repeats,
+                                   progress=progress)
+        del dense_lm, sparse_lm
+    target = meta["sparsity"]["sparsity"] if meta else cfg.sparsity.sparsity
+    res = {"benchmark": "decode", "model": {"name": cfg.model}, "artifact": cfg.artifact, "sparsity": target, "runs": runs,
+           "machine": machine()}
+    if out:
+        plot_decode(res, out)
+    return write_json(cfg.out, "decode.json", res)

@@ -1,0 +1,149 @@
+"""`spon bench gemv`: the sparse GEMV kernel against dense `F.linear`, itself at 0%, and plain torch.
+
+Batch 1, measured side by side in one run: every repetition times each method once, in turn, on the
+next weight copy and the next input vector, so drifting machine load hits all methods alike, weights
+stream from memory (copies together exceed the last-level cache many times over) and every call sees
+a fresh zero pattern. Reports median seconds, ratios, and the GB/s of weights read next to the
+machine's read bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..atomic import ensure_writable_dir
+from ..config import opt
+from ..errors import SponError
+from ..kernels import GemvPlan, cpu_kernel, reference_gemv
+from ..machine import machine
+from .output import write_json
+
+__all__ = ["bench_gemv", "read_bandwidth", "POOL_BYTES", "GemvBench", "run_gemv_bench", "parse_shapes", "parse_dtypes"]
+
+POOL_BYTES = 512 * 2**20  # weight copies rotated per shape: 16x a 32 MiB L3
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def read_bandwidth(seconds: float = 1.0, size_bytes: int = 512 * 2**20) -> float:
+    """GB/s of a plain parallel sum over a buffer much larger than the cache (best of repeated passes)."""
+    k = cpu_kernel()
+    buf = torch.rand(size_bytes // 4)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        if k is not None:
+            k.read_sum(buf)
+        else:
+            buf.sum()
+        best = min(best, time.perf_counter() - t0)
+    return size_bytes / best / 1e9
+
+
+def _tau(sparsity: float) -> float:
+    """|x| quantile of a standard normal: inputs drawn N(0, 1) have about `sparsity` of entries <= tau."""
+    return -1.0 if sparsity <= 0 else math.sqrt(2.0) * torch.erfinv(torch.tensor(sparsity)).item()
+
+
+def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: list[str], *, repeats: int = 20,
+               seed: int = 0, progress: bool = True, pool_bytes: int = POOL_BYTES) -> dict:
+    """shapes: (out_features, in_features). Returns {"bandwidth_gbs", "rows": [...]} with one row per case."""
+    if cpu_kernel() is None:
+        raise SponError("the CPU kernel is not available (see the warning above: a C compiler is needed); nothing to benchmark")
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    bandwidth = [read_bandwidth(size_bytes=pool_bytes)]
+    cases = [(d, s) for d in dtypes for s in shapes]
+    for dname, (n_out, n_in) in tqdm(cases, desc="gemv", disable=not progress):
+        dtype = DTYPES[dname]
+        elsize = torch.tensor([], dtype=dtype).element_size()
+        copies = max(2, math.ceil(pool_bytes / (n_out * n_in * elsize)))
+        ws = [(torch.randn(n_out, n_in, generator=gen) / math.sqrt(n_in)).to(dtype) for _ in range(copies)]
+        wts = [w.t().contiguous() for w in ws]
+        xs = [torch.randn(n_in, generator=gen).to(dtype) for _ in range(16)]
+        bias = torch.randn(n_out, generator=gen).to(dtype)
+        plans0 = [GemvPlan(wt, bias, -1.0, dtype) for wt in wts]  # prepared once per layer, as in decoding
+        plans = None
+        for s in sparsities:
+            tau = _tau(s)
+            plans = [GemvPlan(wt, bias, tau, dtype) for wt in wts]
+            methods = {
+                "dense_F.linear": lambda i: F.linear(xs[i % 16].view(1, -1), ws[i % copies], bias),
+                "kernel": lambda i: plans[i % copies](xs[i % 16]),
+                "kernel_0pct": lambda i: plans0[i % copies](xs[i % 16]),
+                "torch_reference": lambda i: reference_gemv(xs[i % 16], wts[i % copies], bias, tau),
+            }
+            times: dict[str, list[float]] = {k: [] for k in methods}
+            for i in range(repeats + 2):
+                for name, fn in methods.items():
+                    t0 = time.perf_counter()
+                    fn(i)
+                    dt = time.perf_counter() - t0
+                    if i >= 2:  # two warm-up rounds
+                        times[name].append(dt)
+            kept = sum(float((x.abs() > torch.tensor(tau).to(dtype)).float().mean()) for x in xs) / len(xs)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            full_bytes = n_out * n_in * elsize
+            rows.append({
+                "dtype": dname, "out": n_out, "in": n_in, "sparsity": s, "measured_sparsity": 1 - kept,
+                "seconds": med,
+                "speedup_vs_dense": med["dense_F.linear"] / med["kernel"],
+                "speedup_vs_kernel_0pct": med["kernel_0pct"] / med["kernel"],
+                "speedup_vs_torch_reference": med["torch_reference"] / med["kernel"],
+                "gbs_kernel": full_bytes * kept / med["kernel"] / 1e9,
+                "gbs_kernel_0pct": full_bytes / med["kernel_0pct"] / 1e9,
+                "gbs_dense": full_bytes / med["dense_F.linear"] / 1e9,
+                "weight_copies": copies,
+            })
+        del ws, wts, plans, plans0
+        bandwidth.append(read_bandwidth(0.5, pool_bytes))
+    return {"pool_bytes": pool_bytes, "bandwidth_gbs": {"before": bandwidth[0], "between_cases": bandwidth[1:], "median": statistics.median(bandwidth)},
+            "threads": torch.get_num_threads(), "repeats": repeats, "rows": rows}
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'4096x14336,14336x4096' -> [(4096, 14336), (14336, 4096)] (out x in)."""
+    try:
+        shapes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise SponError(f"shapes {text!r} must look like OUTxIN[,OUTxIN...], e.g. 4096x14336")
+    return shapes  # type: ignore[return-value]
+
+
+def parse_dtypes(text: str, allowed: tuple[str, ...]) -> list[str]:
+    values = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in values if d not in allowed]
+    if not values or bad:
+        raise SponError(f"dtypes {text!r}: use a comma-separated list of {', '.join(allowed)}")
+    return values
+
+
+@dataclass
+class GemvBench:
+    """`spon bench gemv`: the sparse GEMV kernel vs dense F.linear, itself at 0% and plain torch; GB/s."""
+
+    shapes: str = opt("4096x14336,14336x4096", "OUTxIN,... weight shapes")
+    sparsities: tuple[float, ...] = opt((0.0, 0.25, 0.5, 0.7, 0.9), "comma-separated sparsities", type="sparsities")
+    dtypes: str = opt("float32,bfloat16", "comma-separated weight dtypes")
+    repeats: int = opt(20, "calls per case (median)")
+    out: str | None = opt(None, "folder for gemv.json and gemv.png", type="str")
+
+
+def run_gemv_bench(cfg: GemvBench, progress: bool = True) -> str:
+    from ..experiments.plots import plot_gemv
+
+    shapes, dtypes = parse_shapes(cfg.shapes), parse_dtypes(cfg.dtypes, tuple(DTYPES))
+    out = ensure_writable_dir(cfg.out) if cfg.out else None
+    res = {"benchmark": "gemv", **bench_gemv(shapes, list(cfg.sparsities), dtypes, repeats=cfg.repeats, progress=progress),
+           "machine": machine()}
+    if out:
+        plot_gemv(res, out)
+    return write_json(cfg.out, "gemv.json", res)

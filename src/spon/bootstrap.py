@@ -1,0 +1,44 @@
+"""Error bars: a paired bootstrap over evaluation windows, as pure maths.
+
+Every variant (dense, sparse, sparse+SPON) is scored on the same windows; each bootstrap sample draws windows
+with replacement once and scores every variant on that same draw, so the interval of a difference (and of the
+share of the gap recovered) reflects only how the variants differ window by window, not which text was drawn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["paired_bootstrap", "BOOTSTRAP_SAMPLES"]
+
+BOOTSTRAP_SAMPLES = 2000  # resamples: the 2.5% / 97.5% percentiles move by well under their own width at this count
+
+
+def _interval(values: torch.Tensor, level: float) -> list[float]:
+    values = values[torch.isfinite(values)]
+    if values.numel() == 0:
+        return [math.nan, math.nan]
+    q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=values.dtype)
+    lo, hi = torch.quantile(values, q).tolist()
+    return [lo, hi]
+
+
+def paired_bootstrap(nll: dict[str, torch.Tensor], tokens: torch.Tensor, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                     level: float = 0.95) -> dict[str, list[float]]:
+    """95% intervals of each variant's perplexity and, given "dense", "sparse" and "spon", of the gap recovered.
+
+    nll: variant -> summed negative log-likelihood per window [W]; tokens: scored tokens per window [W] (the same
+    windows for every variant). Returns {"ppl_<variant>": [lo, hi], "gap_recovered": [lo, hi]}.
+    """
+    n = tokens.numel()
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (samples, n), generator=gen)  # the same draw for every variant: paired
+    counts = tokens.double()[idx].sum(1)
+    ppl = {k: torch.exp(v.double()[idx].sum(1) / counts) for k, v in nll.items()}
+    out = {f"ppl_{k}": _interval(v, level) for k, v in ppl.items()}
+    if {"dense", "sparse", "spon"} <= set(ppl):
+        gap = ppl["sparse"] - ppl["dense"]
+        out["gap_recovered"] = _interval(torch.where(gap > 0, (ppl["sparse"] - ppl["spon"]) / gap, torch.nan), level)
+    return out

@@ -1,0 +1,1 @@
+"""Experiments built on the library: demo, sweep, compare, diagnose, report, plots, lm-eval harness."""

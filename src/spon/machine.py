@@ -1,0 +1,31 @@
+"""What the numbers were measured on: one description of the machine, recorded in every JSON and report."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+__all__ = ["machine", "describe_machine"]
+
+
+def machine() -> dict:
+    """Platform, CPU count, torch threads and version, GPU name (None on a CPU-only machine)."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def describe_machine(m: dict | None) -> str:
+    """One line for reports: 'Linux-..., 2 CPUs, torch 2.13.0, 2 threads, no GPU'."""
+    if not m:
+        return "machine not recorded"
+    threads = f", {m['torch_threads']} threads" if m.get("torch_threads") else ""
+    gpu = f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU"
+    return f"{m.get('platform', '?')}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}{threads}{gpu}"

@@ -1,0 +1,157 @@
+"""The experiment and benchmark commands end to end on a tiny model saved as a folder: sweep, compare, diagnose,
+report, bench step / decode (each writes its JSON, Markdown and plots)."""
+
+import json
+
+import pytest
+import torch
+
+import spon
+from conftest import needs_cc, random_text
+from spon.cli import main
+
+
+def test_sweep_cli_writes_table_plots_and_artifacts(capsys, model_folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(20000, distinct=8))
+    out = tmp_path / "sweep"
+    code = main([
+        "sweep", "--model", str(model_folder), "--data", str(text), "--out", str(out), "--sparsities", "0.3,0.5,0.7",
+        "--quiet", "--calib-tokens", "512", "--steps", "3", "--seq-len", "32", "--ctx-len", "32", "--train-sequences", "8",
+    ])
+    assert code == 0
+    r = json.loads((out / "sweep.json").read_text())
+    assert [row["sparsity"] for row in r["rows"]] == [0.3, 0.5, 0.7]
+    measured = [row["sparsity_measured"] for row in r["rows"]]
+    assert measured[0] < measured[1] < measured[2] and abs(measured[1] - 0.5) < 0.05
+    for name in ("perplexity.png", "gap_recovered.png", "spon_norms.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    for s in ("0.30", "0.50", "0.70"):
+        assert (out / f"s{s}" / "artifact" / "spon_config.json").is_file()
+    md = (out / "sweep.md").read_text()
+    assert "Iso-perplexity sparsity" in md and "| 50% |" in md
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_folder)  # ||W alpha|| recomputed from the saved vectors
+    vectors = load_file(out / "s0.50" / "artifact" / "spon_vectors.safetensors")
+    want = {n: float((base.get_submodule(n).weight.float() @ vectors[f"{n}.alpha"]).norm()) for n in r["rows"][1]["spon_norms"]}
+    assert r["rows"][1]["spon_norms"] == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert any(v > 0 for v in want.values())
+
+
+def test_sweep_rejects_bad_sparsity_list(capsys, tmp_path):
+    code = None
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--sparsities", "0.5,1.2", "--out", str(tmp_path / "x")])
+    code = e.value.code
+    assert code == 2 and "sparsity must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_bench_step_reports_both_timings(capsys, model_folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(4000, distinct=8))
+    out = tmp_path / "b"
+    code = main(["bench", "step", "--model", str(model_folder), "--data", str(text), "--quiet", "--calib-tokens", "256",
+                 "--seq-len", "32", "--batch-size", "2", "--repeats", "2", "--out", str(out)])
+    assert code == 0
+    r = json.loads((out / "step.json").read_text())
+    import statistics
+
+    med = {k: statistics.median(v) for k, v in r["seconds_all"].items()}
+    assert len(r["seconds_all"]["spon_step"]) == 2 and r["seconds_median"] == pytest.approx(med)
+    assert r["spon_step_over_plain_fwd_bwd"] == pytest.approx(med["spon_step"] / med["plain_fwd_bwd"])
+    assert r["batch"] == [2, 32]
+
+
+def test_greedy_allocation_cli_writes_per_module_overrides(capsys, model_folder, tmp_path):
+    import json
+
+    from conftest import random_text
+    from spon.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(6000))
+    art = tmp_path / "art"
+    assert main(["calibrate", "--model", str(model_folder), "--data", str(text), "--out", str(art), "--quiet",
+                 "--calib-tokens", "512", "--allocation", "greedy", "--rule", "wina"]) == 0
+    meta = json.loads((art / "spon_config.json").read_text())
+    assert meta["sparsity"]["allocation"] == "greedy" and meta["sparsity"]["rule"] == "wina"
+    assert len(meta["sparsity"]["overrides"]) == len(meta["modules"])
+
+
+def test_compare_cli_runs_every_method(capsys, model_folder, tmp_path):
+    import json
+
+    from conftest import random_text
+    from spon.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(20000, distinct=8))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", str(model_folder), "--data", str(text), "--out", str(out), "--quiet", "--calib-tokens", "512",
+                 "--steps", "2", "--seq-len", "32", "--ctx-len", "32", "--train-sequences", "8"]) == 0
+    r = json.loads((out / "compare.json").read_text())
+    assert [x["method"] for x in r["rows"]] == ["teal", "teal-greedy", "wina", "cats", "rsparse", "topk"]
+    assert (out / "compare.png").is_file() and "| cats |" in (out / "compare.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", "--methods", "teal,nope", "--model", str(model_folder)]) == 2
+    assert "unknown method(s) nope" in capsys.readouterr().err
+
+
+@needs_cc
+def test_bench_decode_cli(capsys, model_folder, tmp_path):
+    import json
+
+    from conftest import random_text
+    from spon.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(4000))
+    out = tmp_path / "bench"
+    code = main(["bench", "decode", "--model", str(model_folder), "--data", str(text), "--calib-tokens", "256", "--quiet",
+                 "--new-tokens", "6", "--repeats", "1", "--dtypes", "float32", "--prompt", "w1 w2 w3", "--out", str(out)])
+    assert code == 0
+    r = json.loads((out / "decode.json").read_text())
+    run = r["runs"]["float32"]
+    assert run["backend"] == "cpu" and set(run["tokens_per_s"]) == {"dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense"}
+    assert run["kernel_vs_masked_dense"]["identical"] and (out / "decode.png").is_file()
+
+
+def test_diagnose_cli(capsys, model_folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(20000, distinct=8))
+    art = tmp_path / "art"
+    assert main(["train", "--model", str(model_folder), "--data", str(text), "--out", str(art), "--quiet",
+                 "--calib-tokens", "512", "--steps", "3", "--seq-len", "32", "--train-sequences", "8"]) == 0
+    out = tmp_path / "diag"
+    assert main(["diagnose", "--model", str(model_folder), "--data", str(text), "--artifact", str(art), "--seq-len", "64",
+                 "--out", str(out), "--quiet"]) == 0
+    r = json.loads((out / "diagnose.json").read_text())
+    assert set(r["anchors"]["by_sparsity"]) == {"0.25", "0.5", "0.7"} and len(r["anchors"]["lengths"]) == 64
+    assert "sparse" in r["drift"] and (out / "drift.png").is_file() and (out / "always_active.png").is_file()
+
+
+def test_report_gathers_eval_sweep_and_diagnose(capsys, model_folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(20000, distinct=8))
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "--model", str(model_folder), "--data", str(text), "--out", str(sweep), "--sparsities", "0.3,0.6",
+                 "--quiet", "--calib-tokens", "512", "--steps", "2", "--seq-len", "32", "--ctx-len", "32", "--train-sequences", "8"]) == 0
+    art = sweep / "s0.60" / "artifact"
+    ev = tmp_path / "ev"
+    assert main(["eval", "--model", str(model_folder), "--data", str(text), "--artifact", str(art), "--ctx-len", "32",
+                 "--out", str(ev), "--quiet"]) == 0
+    diag = tmp_path / "diag"
+    assert main(["diagnose", "--model", str(model_folder), "--data", str(text), "--artifact", str(art), "--seq-len", "32",
+                 "--out", str(diag), "--quiet"]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(sweep), str(ev), str(diag), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    for heading in ("## Sparsity sweep (sweep)", "## Evaluation (ev)", "## Diagnostics (diag)"):
+        assert heading in md
+    assert "![perplexity](sweep-perplexity.png)" in md and (out / "diag-drift.png").is_file()
+    assert md.count("Machine: ") == 3 and "tokens sparsified: all tokens" in md
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "t.txt")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import spon
+from conftest import LINEARS_PER_BLOCK, calibrated, make_model, random_ids
+from spon.sparse_linear import is_linear
+
+
+def test_swaps_every_decoder_linear_and_nothing_else(arch):
+    model = make_model(arch)
+    mods = spon.sparsify_(model)
+    assert len(mods) == LINEARS_PER_BLOCK.get(arch, 7) * model.config.num_hidden_layers
+    pattern = r"h\.\d+\.(attn|mlp)\.c_\w+$" if arch == "gpt2" else r"layers\.\d+\.(self_attn|mlp)\.\w+_proj$"
+    assert all(re.search(pattern, n) for n in mods)
+    assert type(model.lm_head) is nn.Linear
+    assert not any(is_linear(m) for n, m in model.named_modules() if n != "lm_head")
+
+
+def test_shares_weights_with_the_original(arch):
+    model = make_model(arch)
+    name = next(iter(spon.target_linears(model, spon.SparsityConfig())))
+    w = model.get_submodule(name).weight
+    spon.sparsify_(model)
+    assert model.get_submodule(name).weight is w
+
+
+def test_dense_context_gives_exact_dense_logits(arch):
+    ids = random_ids(2, 16)
+    ref = make_model(arch)(input_ids=ids).logits
+    model, _ = calibrated(arch)
+    with spon.dense(model):
+        assert torch.equal(model(input_ids=ids).logits, ref)
+    assert not torch.allclose(model(input_ids=ids).logits, ref)  # sparse again after the block
+
+
+def test_calibration_hits_target_sparsity(arch):
+    for target in (0.3, 0.6):
+        model, _ = calibrated(arch, target)
+        mods = spon.sparse_modules(model)
+        below = {n: [0, 0] for n in mods}
+
+        def hook(name):
+            def fn(mod, args):
+                below[name][0] += int((args[0].abs() <= mod.threshold).sum())
+                below[name][1] += args[0].numel()
+            return fn
+
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
+        with spon.dense(model), torch.no_grad():
+            for s in range(4):  # the calibration tokens, through the dense model as in calibration
+                model(input_ids=random_ids(2, 32, seed=s))
+        for h in handles:
+            h.remove()
+        for name, (k, n) in below.items():
+            assert k / n == pytest.approx(target, abs=0.01), name
+        with spon.measure_sparsity(model) as sp, torch.no_grad():
+            model(input_ids=random_ids(2, 32, seed=0))
+        assert sp["entries"] == pytest.approx(target, abs=0.05)  # upstream sparsity shifts later inputs a little
+
+
+def test_overrides_set_per_layer_sparsity():
+    model, _ = calibrated("llama", 0.5, overrides={r"mlp\.down_proj": 0.1})
+    with spon.measure_sparsity(model) as sp, torch.no_grad():
+        model(input_ids=random_ids(2, 32, seed=0))
+    for name, value in sp["per_layer"].items():
+        assert value == pytest.approx(0.1 if "down_proj" in name else 0.5, abs=0.08)
+
+
+def test_decode_mode_keeps_prefill_dense_and_sparsifies_single_steps():
+    model, _ = calibrated("llama", 0.5, tokens="decode")
+    ref = make_model("llama")
+    ids = random_ids(1, 12)
+    assert torch.equal(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+    with spon.measure_sparsity(model) as sp, torch.no_grad():
+        model(input_ids=ids[:, :1])
+    assert sp["entries"] > 0.2
+
+
+def test_last_mode_sparsifies_only_the_tail():
+    model, _ = calibrated("llama", 0.5, tokens="last", last_fraction=0.25)
+    ref = make_model("llama")
+    ids = random_ids(1, 16)
+    out, want = model(input_ids=ids).logits, ref(input_ids=ids).logits
+    assert torch.equal(out[:, :12], want[:, :12])
+    assert not torch.allclose(out[:, 12:], want[:, 12:])
+
+
+@pytest.mark.parametrize("name", ["qwen2", "gpt2"])
+def test_unsparsify_restores_plain_linears(name):
+    model, _ = calibrated(name)
+    spon.unsparsify_(model)
+    ids = random_ids(1, 8)
+    assert not spon.sparse_modules(model)
+    assert type(model.get_submodule(next(iter(spon.target_linears(model, spon.SparsityConfig()))))) is not spon.SparseLinear
+    assert torch.equal(model(input_ids=ids).logits, make_model(name)(input_ids=ids).logits)
+
+
+def test_no_linears_is_a_clear_error():
+    with pytest.raises(spon.SponError, match="no nn.Linear"):
+        spon.sparsify_(nn.Sequential(nn.Embedding(4, 4)))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
+def test_sparsity_out_of_range(bad):
+    with pytest.raises(spon.SponError, match=r"\[0, 1\)"):
+        spon.SparsityConfig(sparsity=bad)

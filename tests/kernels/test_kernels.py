@@ -1,0 +1,239 @@
+"""Sparse GEMV kernels match the plain-torch reference; the decode path matches the masked-dense path."""
+
+import shutil
+
+import pytest
+import torch
+
+import spon
+from conftest import calibrated, make_model, needs_cc, random_ids
+from spon.decode import decode_backend, masked_dense, prepare_decode_
+from spon.kernels import cpu, reference_gemv, sparse_gemv
+
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=1e-2, rtol=1e-2)}
+SHAPES = [(1, 1), (7, 3), (33, 65), (576, 1536), (1000, 17)]  # (out, in): odd sizes hit every tail loop
+
+
+def cases(dtypes):
+    g = torch.Generator().manual_seed(0)
+    for dtype in dtypes:
+        for n_out, n_in in SHAPES:
+            x = torch.randn(n_in, generator=g).to(dtype)
+            wt = torch.randn(n_in, n_out, generator=g).to(dtype)
+            bias = torch.randn(n_out, generator=g).to(dtype)
+            for s in (0.0, 0.3, 0.5, 0.7, 0.95):
+                tau = -1.0 if s == 0 else float(x.float().abs().quantile(s))
+                yield dtype, x, wt, bias, tau
+            yield dtype, torch.zeros_like(x), wt, bias, 0.5  # all-zero input: nothing kept
+            yield dtype, x, wt, None, -1.0  # all kept, no bias
+            yield dtype, x, wt, bias, float(x.float().abs().max()) + 1  # all dropped: y = b
+
+
+def expected(x, wt, bias, tau):
+    keep = x.abs() > torch.tensor(tau).to(x.dtype)
+    y = (x.double() * keep) @ wt.double()
+    return (y + bias.double() if bias is not None else y).to(x.dtype)
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_matches_reference(dtype):
+    assert cpu.cpu_kernel() is not None
+    for dt, x, wt, bias, tau in cases([dtype]):
+        want = expected(x, wt, bias, tau)
+        torch.testing.assert_close(sparse_gemv(x, wt, bias, tau), want, **TOL[dt])
+        torch.testing.assert_close(reference_gemv(x, wt, bias, tau), want, **TOL[dt])
+
+
+@needs_cc
+def test_cpu_kernel_counts_kept_inputs():
+    x = torch.tensor([0.1, -2.0, 0.0, 3.0, -0.5])
+    y, kept = cpu.cpu_kernel().gemv(x, torch.ones(5, 2), None, 0.4)
+    assert kept == 3 and torch.equal(y, torch.tensor([0.5, 0.5]))  # -2 + 3 - 0.5
+
+
+@needs_cc
+def test_cpu_kernel_bf16_output_rounds_like_torch():
+    """A bf16 x and y go through the kernel directly; y is the fp32 accumulator rounded to nearest-even."""
+    k = cpu.cpu_kernel()
+    g = torch.Generator().manual_seed(5)
+    wt = torch.randn(300, 517, generator=g).to(torch.bfloat16)
+    bias = torch.randn(517, generator=g)
+    for scale in (1.0, 1e-3, 1e3):
+        x = (torch.randn(300, generator=g) * scale).to(torch.bfloat16)
+        y16, kept16 = k.gemv(x, wt, bias, 0.3 * scale)
+        y32, kept32 = k.gemv(x.float(), wt, bias, 0.3 * scale)
+        assert y16.dtype == torch.bfloat16 and kept16 == kept32
+        assert torch.equal(y16, y32.to(torch.bfloat16))  # same sums, same rounding as torch
+    x, want = torch.randn(300, generator=g), None
+    for threads in (1, 2, 3, 5):  # each thread sums a share of the kept rows; the shares are added at the end
+        y, _ = k.gemv(x, wt, bias, 0.3, threads=threads)
+        want = want if want is not None else expected(x, wt.float(), bias, 0.3)
+        torch.testing.assert_close(y, want, **TOL[torch.float32])
+
+
+@needs_cc
+def test_decode_plan_follows_threshold_and_bias_changes():
+    """The per-layer plan is prepared once; changing the threshold or folding new vectors rebuilds it."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    m = spon.SparseLinear.from_linear(lin)
+    m.threshold.fill_(0.5)
+    prepare_decode_(m, fold=False)
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        first = m(x)
+        torch.testing.assert_close(first, lin(x * (x.abs() > 0.5)))
+        m.threshold.fill_(1.0)
+        torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0)))
+        m.alpha.fill_(0.1)  # unfolded vectors: the plain path, not a stale plan
+        torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0) + 0.1))
+        spon.fold_(m)
+        torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0) + 0.1))
+        assert m.decode.plan is not None  # folded: the kernel again
+        with spon.without_spon(m):  # folded bias set aside: plain bias, through the kernel
+            torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0)))
+        torch.testing.assert_close(m(x), lin(x * (x.abs() > 1.0) + 0.1))
+    m2 = spon.SparseLinear.from_linear(lin)  # unfolded vectors, switched off and on again
+    m2.threshold.fill_(0.5)
+    prepare_decode_(m2, fold=False)
+    with torch.no_grad():
+        m2.alpha.fill_(0.2)
+        with spon.without_spon(m2):
+            torch.testing.assert_close(m2(x), lin(x * (x.abs() > 0.5)))
+        torch.testing.assert_close(m2(x), lin(x * (x.abs() > 0.5) + 0.2))
+        import copy
+        import pickle
+
+        assert m.decode.plan is not None
+        for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):  # the prepared kernel call does not travel
+            assert twin.decode.plan is None
+            torch.testing.assert_close(twin(x), lin(x * (x.abs() > 1.0) + 0.1))
+            assert twin.decode.plan is not None
+
+
+def test_fallback_warns_and_still_computes(monkeypatch):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(cpu.shutil, "which", lambda name: None)
+    cpu.cpu_kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="falls back to plain torch"):
+            assert cpu.cpu_kernel() is None
+        x, wt = torch.randn(40), torch.randn(40, 8)
+        torch.testing.assert_close(sparse_gemv(x, wt, None, 0.5), expected(x, wt, None, 0.5), **TOL[torch.float32])
+    finally:
+        cpu.cpu_kernel.cache_clear()
+
+
+@pytest.mark.slow
+def test_triton_kernel_matches_reference_in_interpreter():
+    """Triton reads TRITON_INTERPRET when it is imported, so the check runs in a fresh process."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    script = (
+        "import torch, test_kernels as t\n"
+        "from spon.kernels import triton_gemv as tg\n"
+        "assert tg.triton_available()\n"
+        "n = 0\n"
+        "for dt, x, wt, bias, tau in t.cases([torch.float16, torch.bfloat16, torch.float32]):\n"
+        "    if wt.numel() > 100_000: continue\n"
+        "    torch.testing.assert_close(tg.triton_gemv(x, wt, bias, tau), t.expected(x, wt, bias, tau), **t.TOL[dt]); n += 1\n"
+        "print('checked', n)\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), str(here.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checked 96" in proc.stdout
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_path_matches_masked_dense(arch, dtype):
+    model = make_model(arch).to(dtype)
+    cfg = spon.SparsityConfig(sparsity=0.5)
+    spon.sparsify_(model, cfg)
+    spon.calibrate_(model, [random_ids(2, 32, seed=s) for s in range(2)], cfg, progress=False)
+    g = torch.Generator().manual_seed(3)
+    for m in spon.sparse_modules(model).values():  # some SPON vectors, so the folded bias is exercised
+        m.alpha.copy_(torch.randn(m.in_features, generator=g) * 0.05)
+    prompt = random_ids(1, 12, seed=4)
+    from spon.bench.decode import greedy_decode
+
+    spon.fold_(model)  # in bf16 folding itself rounds; compare the decode layout against the folded model
+    with torch.no_grad():
+        want_prefill = model(input_ids=prompt).logits
+    prepare_decode_(model)
+    assert decode_backend(model) == "cpu"
+    assert all(not m.alpha.any() and m.folded for m in spon.sparse_modules(model).values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=prompt).logits, want_prefill, **TOL[dtype])  # prefill: dense matmul
+        step = prompt[:, :1]
+        got = model(input_ids=step).logits  # one token: the kernel
+        with masked_dense(model):
+            ref = model(input_ids=step).logits
+    torch.testing.assert_close(got, ref, **TOL[dtype])
+    with masked_dense(model):
+        ref_tokens, _, _ = greedy_decode(model, prompt, 8)
+    tokens, _, _ = greedy_decode(model, prompt, 8)
+    assert len(tokens) == 8 and tokens == ref_tokens
+
+
+@needs_cc
+def test_bench_gemv_reports_ratios_and_bandwidth(tmp_path):
+    from spon.bench.gemv import bench_gemv
+    from spon.experiments.plots import plot_gemv
+
+    import statistics
+
+    r = bench_gemv([(64, 256)], [0.0, 0.5], ["float32", "bfloat16"], repeats=3, progress=False, pool_bytes=4 * 2**20)
+    assert [(x["dtype"], x["sparsity"]) for x in r["rows"]] == [("float32", 0.0), ("float32", 0.5), ("bfloat16", 0.0), ("bfloat16", 0.5)]
+    bw = r["bandwidth_gbs"]
+    assert bw["median"] == statistics.median([bw["before"], *bw["between_cases"]]) and len(bw["between_cases"]) == 2
+    for x in r["rows"]:  # every ratio and rate is what its medians say
+        sec, size = x["seconds"], 64 * 256 * (4 if x["dtype"] == "float32" else 2)
+        assert x["speedup_vs_dense"] == pytest.approx(sec["dense_F.linear"] / sec["kernel"])
+        assert x["speedup_vs_kernel_0pct"] == pytest.approx(sec["kernel_0pct"] / sec["kernel"])
+        assert x["gbs_kernel"] == pytest.approx(size * (1 - x["measured_sparsity"]) / sec["kernel"] / 1e9)
+        assert x["gbs_dense"] == pytest.approx(size / sec["dense_F.linear"] / 1e9)
+    assert [x["measured_sparsity"] for x in r["rows"]][:2] == [0.0, pytest.approx(0.5, abs=0.1)]  # N(0, 1) inputs, |x| quantile
+    assert plot_gemv({**r, "machine": {}}, tmp_path) == ["gemv.png"] and (tmp_path / "gemv.png").stat().st_size > 0
+
+
+
+
+@needs_cc
+def test_decode_follows_weights_replaced_after_prepare():
+    """`model.to(...)` replaces parameter data without telling the module; the next step must use the new weights."""
+    model, _ = calibrated("llama")
+    prepare_decode_(model)
+    step = random_ids(1, 1, seed=2)
+    with torch.no_grad():
+        model(input_ids=step)  # steps prepared on the old weights
+        for p in model.parameters():
+            p.data = p.data * 2  # what Module._apply does (same layout, new storage)
+        got = model(input_ids=step).logits
+        with masked_dense(model):
+            want = model(input_ids=step).logits
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@needs_cc
+def test_decode_backend_reports_what_each_layer_uses():
+    from spon.decode import decode_backends
+
+    model, _ = calibrated("llama")
+    assert decode_backend(model) == "none"
+    prepare_decode_(model)
+    assert decode_backend(model) == "cpu"
+    for rule, kw in (("wina", {}), ("rsparse", {}), ("magnitude", {"selection": "topk"})):
+        other, _ = calibrated("llama", rule=rule, **kw)
+        prepare_decode_(other)
+        assert decode_backend(other) == "masked-matmul", rule  # these rules never take the kernel
+    with masked_dense(model):
+        assert set(decode_backends(model).values()) == {"masked-matmul"}
