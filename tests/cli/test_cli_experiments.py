@@ -155,3 +155,19 @@ def test_report_gathers_eval_sweep_and_diagnose(capsys, model_folder, tmp_path):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "t.txt")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_sweep_with_several_seeds_reports_their_spread(capsys, model_folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(20000, distinct=8))
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--model", str(model_folder), "--data", str(text), "--out", str(out), "--sparsities", "0.6",
+                 "--seeds", "0,1", "--quiet", "--calib-tokens", "512", "--steps", "3", "--seq-len", "32", "--ctx-len", "32",
+                 "--train-sequences", "8"]) == 0
+    r = json.loads((out / "sweep.json").read_text())
+    assert [row["seed"] for row in r["rows"]] == [0] and [row["seed"] for row in r["seed_rows"]] == [1]
+    both = [r["rows"][0]["ppl_spon"], r["seed_rows"][0]["ppl_spon"]]
+    assert both[0] != both[1]  # the seed changes the training order, so the vectors
+    assert r["seed_spread"]["0.60"]["ppl_spon"]["min"] == min(both) and "Seed spread" in (out / "sweep.md").read_text()
+    assert (out / "s0.60-seed1" / "artifact" / "spon_config.json").is_file()
+    assert main(["sweep", "--seeds", "0,x", "--out", str(tmp_path / "bad")]) == 2

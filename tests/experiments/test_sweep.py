@@ -100,3 +100,14 @@ def test_spon_parameters_select_by_name():
     assert len(attn) == 2 * 4  # q, k, v, o in each of the 2 blocks
 
 
+
+
+def test_seed_spread_summarises_each_sparsity_over_its_seeds():
+    from spon.experiments.sweep import seed_spread
+
+    rows = [{"sparsity": 0.5, "seed": s, "gap_recovered": g, "ppl_spon": p} for s, g, p in ((0, 0.5, 20.0), (1, 0.6, 19.0), (2, 0.7, 18.0))]
+    rows.append({"sparsity": 0.6, "seed": 0, "gap_recovered": 0.8, "ppl_spon": 25.0})  # one seed: no spread
+    out = seed_spread(rows)
+    assert list(out) == ["0.50"] and out["0.50"]["seeds"] == [0, 1, 2]
+    assert out["0.50"]["gap_recovered"] == pytest.approx({"mean": 0.6, "std": 0.1, "min": 0.5, "max": 0.7})
+    assert out["0.50"]["ppl_spon"]["mean"] == pytest.approx(19.0)

@@ -71,13 +71,17 @@ def open_session(cfg: ExperimentConfig, *, eval_data: str | None = None, progres
                    {"load": round(t1 - t0, 1), "dense_eval": round(time.time() - t1, 1)})
 
 
-def run_point(s: Session, cfg: ExperimentConfig, config: SparsityConfig, *, spon: bool = True, progress: bool = True) -> dict:
-    """From the dense model: calibrate `config`, train SPON (unless spon=False), evaluate; returns what happened."""
+def run_point(s: Session, cfg: ExperimentConfig, config: SparsityConfig, *, spon: bool = True, progress: bool = True,
+              train: TrainConfig | None = None) -> dict:
+    """From the dense model: calibrate `config`, train SPON (unless spon=False), evaluate; returns what happened.
+
+    train: the training config of this point (default cfg.train); its seed also seeds calibration."""
+    train = train or cfg.train
     t0 = time.time()
     unsparsify_(s.lm.model)
-    calibration = calibrate_model(s.lm, s.splits, config, calib_tokens=cfg.calib_tokens, seed=cfg.train.seed, progress=progress)
+    calibration = calibrate_model(s.lm, s.splits, config, calib_tokens=cfg.calib_tokens, seed=train.seed, progress=progress)
     t1 = time.time()
-    training = train_model(s.lm, s.splits, cfg.train, progress=progress) if spon else None
+    training = train_model(s.lm, s.splits, train, progress=progress) if spon else None
     t2 = time.time()
     metrics = evaluate_variants(s.lm.model, s.eval_ids, cfg.protocol, s.bos, progress=progress, dense_scores=s.dense)
     metrics["data"] = s.eval_source
@@ -86,12 +90,16 @@ def run_point(s: Session, cfg: ExperimentConfig, config: SparsityConfig, *, spon
     return {"calibration": calibration, "training": training, "metrics": metrics, "seconds": seconds}
 
 
-def run_points(cfg: ExperimentConfig, points: dict[str, SparsityConfig], on_point: Callable[[Session, str, dict], None], *,
-               spon: bool = True, eval_data: str | None = None, progress: bool = True, desc: str = "points") -> Session:
-    """Open a session, run every point in order and hand each result to on_point(session, label, result)."""
+def run_points(cfg: ExperimentConfig, points: dict[str, SparsityConfig | tuple[SparsityConfig, TrainConfig]],
+               on_point: Callable[[Session, str, dict], None], *, spon: bool = True, eval_data: str | None = None,
+               progress: bool = True, desc: str = "points") -> Session:
+    """Open a session, run every point in order and hand each result to on_point(session, label, result).
+
+    A point is a SparsityConfig (trained with cfg.train) or a (SparsityConfig, TrainConfig) pair (e.g. another seed)."""
     s = open_session(cfg, eval_data=eval_data, progress=progress)
-    for label, config in tqdm(points.items(), desc=desc, disable=not progress or len(points) < 2):
-        on_point(s, label, run_point(s, cfg, config, spon=spon, progress=progress))
+    for label, point in tqdm(points.items(), desc=desc, disable=not progress or len(points) < 2):
+        config, train = point if isinstance(point, tuple) else (point, None)
+        on_point(s, label, run_point(s, cfg, config, spon=spon, progress=progress, train=train))
     return s
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +14,14 @@ import torch
 from ..artifact import save_artifact
 from ..atomic import ensure_writable_dir, write_text
 from ..config import SparsityConfig, opt
+from ..errors import SponError
 from ..machine import describe_machine
 from ..sparsify import sparse_modules
 from .plots import plot_sweep
 from .runner import ExperimentConfig, header, run_points
 from .tables import with_ci
 
-__all__ = ["sweep", "SweepConfig", "run_sweep", "iso_sparsity", "spon_norms", "summarise", "render_sweep"]
+__all__ = ["sweep", "SweepConfig", "run_sweep", "iso_sparsity", "spon_norms", "summarise", "seed_spread", "render_sweep"]
 
 
 @dataclass
@@ -29,6 +32,18 @@ class SweepConfig(ExperimentConfig):
     sparsities: tuple[float, ...] = opt((0.25, 0.4, 0.5, 0.6, 0.7), "comma-separated target sparsities", type="sparsities")
     eval_data: str | None = opt(None, "evaluate on this corpus's held-out split instead (cross-domain), e.g. stdlib", type="str")
     iso_reference: float = opt(0.5, "iso-perplexity: the highest sparsity where SPON is no worse than plain sparsity here")
+    seeds: str = opt("", "train each sparsity once per seed (comma-separated, e.g. 0,1,2; seeds calibration sampling and "
+                         "training order) and report the spread; default: --seed alone")
+
+    def __post_init__(self):
+        self.seed_list()  # a bad list fails before any loading
+
+    def seed_list(self) -> list[int]:
+        try:
+            seeds = [int(x) for x in self.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise SponError(f"seeds {self.seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+        return seeds or [self.train.seed]
 
 
 def spon_norms(model) -> dict[str, float]:
@@ -76,6 +91,24 @@ def _reference_ppl(rows: list[dict], at: float) -> float | None:
     return None
 
 
+def seed_spread(rows: list[dict]) -> dict:
+    """Per sparsity with more than one seed: the seeds, and mean, standard deviation, min and max of the sparse+SPON
+    perplexity and of the gap recovered (over the seeds where there is a gap) across them."""
+
+    def stats(v):
+        return {"mean": statistics.fmean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v)} if len(v) > 1 else None
+
+    out = {}
+    for s in sorted({r["sparsity"] for r in rows}):
+        mine = [r for r in rows if r["sparsity"] == s and r.get("ppl_spon")]
+        if len(mine) < 2:
+            continue
+        gaps = [r["gap_recovered"] for r in mine if r.get("gap_recovered") is not None and math.isfinite(r["gap_recovered"])]
+        out[f"{s:.2f}"] = {"seeds": [r["seed"] for r in mine], "ppl_spon": stats([r["ppl_spon"] for r in mine]),
+                           "gap_recovered": stats(gaps)}
+    return out
+
+
 def summarise(rows: list[dict], reference: float) -> dict:
     ref = _reference_ppl(rows, reference)
     out = {"iso_reference_sparsity": reference, "iso_reference_ppl": ref, "iso_sparsity": None, "iso_note": "no reference"}
@@ -88,22 +121,29 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
     """Calibrate + train + evaluate at each sparsity; writes sweep.json, sweep.md, plots and one artifact per point."""
     out = ensure_writable_dir(cfg.out)
     report: dict = {}
-    points = {f"{s:.2f}": SparsityConfig.from_dict({**cfg.sparsity.to_dict(), "sparsity": s}) for s in cfg.sparsities}
+    seeds = cfg.seed_list()
+    points = {}
+    for s in cfg.sparsities:
+        config = SparsityConfig.from_dict({**cfg.sparsity.to_dict(), "sparsity": s})
+        for i, seed in enumerate(seeds):
+            points[f"{s:.2f}" if i == 0 else f"{s:.2f}-seed{seed}"] = (config, dataclasses.replace(cfg.train, seed=seed))
 
     def add(session, label, p):
         if not report:
-            report.update(header(session, cfg))
+            report.update(header(session, cfg), seeds=seeds, seed_rows=[])
         m, training = p["metrics"], p["training"]
-        report["rows"].append({
-            "sparsity": points[label].sparsity, "ppl_sparse": m["ppl_sparse"], "ppl_spon": m.get("ppl_spon"),
+        config, train = points[label]
+        row = {
+            "sparsity": config.sparsity, "seed": train.seed, "ppl_sparse": m["ppl_sparse"], "ppl_spon": m.get("ppl_spon"),
             "gap_recovered": m["gap_recovered"], "ci95": m["ci95"], "sparsity_measured": m["sparsity_measured"],
             "kept": training["result"]["kept"],
             "val_kl_start": training["result"]["val_kl_start"], "val_kl_best": training["result"]["val_kl_best"],
             "train_seconds": training["seconds"], "seconds": p["seconds"]["total"], "spon_norms": spon_norms(session.lm.model),
-        })
+        }
+        report["rows" if train.seed == seeds[0] else "seed_rows"].append(row)  # the first seed's rows make the curves
         save_artifact(session.lm.model, out / f"s{label}" / "artifact", session.lm.identity, calibration=p["calibration"],
                       training=training, metrics=m)
-        report.update(summarise(report["rows"], cfg.iso_reference))
+        report.update(summarise(report["rows"], cfg.iso_reference), seed_spread=seed_spread(report["rows"] + report["seed_rows"]))
         write_text(out / "sweep.json", json.dumps(report, indent=2, default=str))  # after every point: a kill loses one
 
     run_points(cfg, points, add, eval_data=cfg.eval_data, progress=progress, desc="sweep")
@@ -142,6 +182,13 @@ def render_sweep(r: dict) -> str:
             f"{with_ci(row['ppl_spon'], ci.get('ppl_spon'))} | {with_ci(row['gap_recovered'], ci.get('gap_recovered'), '.1%')} | "
             f"{row['kept']} | {row['train_seconds']} |"
         )
+    if r.get("seed_spread"):
+        lines += ["", "Seed spread (calibration sampling and training order; the table above is the first seed):", "",
+                  "| target sparsity | seeds | gap recovered: mean (sd), min .. max | sparse+SPON: mean (sd) |", "|---|---|---|---|"]
+        for s, e in r["seed_spread"].items():
+            g, p = e["gap_recovered"], e["ppl_spon"]
+            gap = f"{g['mean']:.1%} ({g['std']:.1%}), {g['min']:.1%} .. {g['max']:.1%}" if g else "n/a (no gap)"
+            lines.append(f"| {float(s):.0%} | {', '.join(map(str, e['seeds']))} | {gap} | {p['mean']:.3f} ({p['std']:.3f}) |")
     iso = r.get("iso_sparsity")
     lines += ["", (
         f"Iso-perplexity sparsity: {iso:.1%}{' (at least; the sweep ends below the reference)' if r['iso_note'] == 'beyond' else ''}: "
