@@ -20,7 +20,9 @@ from torch import nn
 from .fold import fold_
 from .sparsify import set_attr, sparse_modules
 
-__all__ = ["prepare_decode_", "masked_dense", "decode_backend", "decode_backends", "DecodeState", "input_major"]
+__all__ = [
+    "prepare_decode_", "compile_decode_", "masked_dense", "decode_backend", "decode_backends", "DecodeState", "input_major",
+]
 
 
 def input_major(mod) -> torch.Tensor:
@@ -37,17 +39,18 @@ class DecodeState:
     Before any foreign call the weight must be contiguous input-major on the input's device.
     """
 
-    __slots__ = ("use_kernel", "plan", "_key", "_versions")
+    __slots__ = ("use_kernel", "spon_free", "plan", "_key", "_versions")
 
-    def __init__(self, use_kernel: bool = True):
+    def __init__(self, use_kernel: bool = True, spon_free: bool = True):
         self.use_kernel = use_kernel
+        self.spon_free = spon_free  # no unfolded vectors when prepared: what a compiled step may assume
         self.plan = None
         self._key: tuple | None = None
         self._versions: tuple = ()
 
     def fresh(self) -> "DecodeState":
         """The same switch without the prepared step (copies and pickles must not share raw pointers)."""
-        return DecodeState(self.use_kernel)
+        return DecodeState(self.use_kernel, self.spon_free)
 
     def step(self, mod, x: torch.Tensor) -> torch.Tensor | None:
         """W S(x) + bias for one token through the kernel; None: this layer or input takes the plain path."""
@@ -83,6 +86,8 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
     fold: first fold trained SPON vectors into the biases (exact; zero cost at inference), so every
     layer can take the kernel. Safe to call twice.
     """
+    from .kernels import op  # noqa: F401  registers torch.ops.spon.sparse_gemv for compiled steps
+
     mods = sparse_modules(model)
     if fold and any(m.alpha.any() or m.neurons is not None for m in mods.values()):
         fold_(model)
@@ -92,7 +97,25 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
         if not m.transposed:  # GPT-2 Conv1D stores [in, out] already
             wt = m.weight.detach().t().contiguous()
             m.weight = nn.Parameter(wt.t(), requires_grad=False)  # a view: dense/prefill matmuls use the same bytes
-        m.decode = DecodeState()
+        m.decode = DecodeState(spon_free=m.folded or (m.neurons is None and not bool(m.alpha.any())))
+    return model
+
+
+def compile_decode_(model: nn.Module, *, fullgraph: bool = True) -> nn.Module:
+    """Compile the model's forward with torch.compile and make `generate` use a static KV cache, in place.
+
+    Works on any Hugging Face causal LM, sparse or not: a prepared sparse model's single-token steps are captured
+    whole, the sparse GEMV as one custom operator (`torch.ops.spon.sparse_gemv`). The first calls compile (one graph
+    for the prompt's length, one for single tokens); time them apart from decoding.
+    """
+    if sparse_modules(model):
+        from .kernels import op  # noqa: F401  the operator must exist before tracing
+
+    if getattr(model, "_spon_compiled", False):
+        return model
+    model.forward = torch.compile(model.forward, fullgraph=fullgraph)  # ints that change per step turn symbolic once
+    model.generation_config.cache_implementation = "static"
+    model._spon_compiled = True
     return model
 
 

@@ -142,9 +142,14 @@ class SparseLinear(CountsZeros, nn.Module):
         if not self.sparse:
             return F.linear(x, self.matrix, self.bias)
         if self.decode is not None and x.numel() == self.in_features and self.stats is None:
-            y = self.decode.step(self, x)
-            if y is not None:
-                return y
+            if torch.compiler.is_compiling():  # one custom op the graph captures; everything here is static for the tracer
+                if self.decode.use_kernel and self.rule.plain and (self.folded or self.decode.spon_free):
+                    wt = self.weight if self.transposed else self.weight.t()
+                    return torch.ops.spon.sparse_gemv(x, wt, self.folded_bias if self.folded else self.bias, self.threshold)
+            else:
+                y = self.decode.step(self, x)
+                if y is not None:
+                    return y
         T = x.shape[-2] if x.dim() >= 2 else 1
         start, stop, _ = sparsified_positions(T, self.tokens, self.last_fraction).indices(T)
         if start == 0 and stop == T:

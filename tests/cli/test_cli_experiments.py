@@ -171,3 +171,20 @@ def test_sweep_with_several_seeds_reports_their_spread(capsys, model_folder, tmp
     assert r["seed_spread"]["0.60"]["ppl_spon"]["min"] == min(both) and "Seed spread" in (out / "sweep.md").read_text()
     assert (out / "s0.60-seed1" / "artifact" / "spon_config.json").is_file()
     assert main(["sweep", "--seeds", "0,x", "--out", str(tmp_path / "bad")]) == 2
+
+
+@needs_cc
+@pytest.mark.slow
+def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(random_text(4000))
+    out = tmp_path / "bench"
+    code = main(["bench", "decode", "--model", str(model_folder), "--data", str(text), "--calib-tokens", "256", "--quiet",
+                 "--new-tokens", "6", "--repeats", "1", "--dtypes", "float32", "--prompt", "w1 w2 w3", "--compile", "--out", str(out)])
+    assert code == 0
+    run = json.loads((out / "decode.json").read_text())["runs"]["float32"]
+    compiled = {"dense_compiled", "kernel_0pct_compiled", "sparse_compiled", "sparse+SPON_compiled"}
+    assert compiled <= set(run["tokens_per_s"]) and set(run["compile_seconds"]) == compiled
+    assert run["compiled_vs_eager"]["dense_compiled"]["identical"]  # HF's own model, compiled: the same greedy tokens
+    assert run["compiled_vs_eager"]["sparse+SPON_compiled"]["identical"]
+    assert run["speedup_vs_dense_compiled"]["dense_compiled"] == 1.0

@@ -6,12 +6,16 @@ the rate, first round discarded as warm-up. Variants:
 - dense_kernel_0pct: our decode path with nothing dropped (threshold -1, no SPON): the gain from the loop alone;
 - sparse: the sparse kernel, plain biases;
 - sparse+SPON: the sparse kernel with SPON folded into the biases (what `spon export` serves);
-- masked_dense: sparse+SPON through F.linear on the masked input (the reference the kernel must match).
+- masked_dense: sparse+SPON through F.linear on the masked input (the reference the kernel must match);
+- with compile: dense_compiled (HF's own model through torch.compile with a static KV cache: the best dense
+  baseline in PyTorch), kernel_0pct_compiled, sparse_compiled and sparse+SPON_compiled (our path compiled the
+  same way, the sparse GEMV one custom operator in the graph), run through `generate`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import statistics
 import time
@@ -29,7 +33,7 @@ from ..machine import machine
 from ..sparsify import sparse_modules, without_spon
 from .output import write_json
 
-__all__ = ["greedy_decode", "bench_decode", "VARIANTS", "DecodeBench", "run_decode_bench"]
+__all__ = ["greedy_decode", "generate_decode", "bench_decode", "VARIANTS", "DecodeBench", "run_decode_bench"]
 
 VARIANTS = ("dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense")
 
@@ -63,6 +67,35 @@ def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tu
     return tokens, t1 - t0, time.perf_counter() - t1
 
 
+class _Clock:
+    """A `generate` streamer that only timestamps: the prompt, then every new token."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+        if len(self.times) > 1:
+            self.tokens.append(int(value.reshape(-1)[-1]))
+
+    def end(self):
+        pass
+
+
+@torch.no_grad()
+def generate_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
+    """Greedy tokens through `model.generate` (a compiled model's static cache and graphs); (tokens, prefill s, decode s).
+
+    The decode time runs from the first new token to the last: the new_tokens - 1 single-token steps.
+    """
+    clock = _Clock()
+    device = next(model.parameters()).device
+    model.generate(prompt.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=clock,
+                   pad_token_id=model.generation_config.pad_token_id or model.generation_config.eos_token_id or 0)
+    return clock.tokens, clock.times[1] - clock.times[0], clock.times[-1] - clock.times[1]
+
+
 @contextlib.contextmanager
 def _nothing_dropped(model: nn.Module):
     mods = list(sparse_modules(model).values())
@@ -78,22 +111,45 @@ def _nothing_dropped(model: nn.Module):
 
 
 def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.Tensor, *, new_tokens: int = 64,
-                 repeats: int = 3, progress: bool = True) -> dict:
-    """tokens/s of each variant; `sparse_model` is sparsified (thresholds, SPON vectors) and gets prepared here."""
+                 repeats: int = 3, progress: bool = True, compiled: tuple[nn.Module, nn.Module] | None = None) -> dict:
+    """tokens/s of each variant; `sparse_model` is sparsified (thresholds, SPON vectors) and gets prepared here.
+
+    compiled: (dense, sparse) copies to run through torch.compile with a static KV cache as well ("..._compiled"
+    variants: HF dense compiled, our path at 0%, sparse and sparse+SPON compiled); the first round, which compiles,
+    is timed apart ("compile_seconds") and discarded with the other warm-up runs.
+    """
     prepare_decode_(sparse_model)
+    run = greedy_decode
     contexts = {
-        "dense": (dense_model, contextlib.nullcontext),
-        "dense_kernel_0pct": (sparse_model, lambda: _nothing_dropped(sparse_model)),
-        "sparse": (sparse_model, lambda: without_spon(sparse_model)),
-        "sparse+SPON": (sparse_model, contextlib.nullcontext),
-        "masked_dense": (sparse_model, lambda: masked_dense(sparse_model)),
+        "dense": (dense_model, contextlib.nullcontext, run),
+        "dense_kernel_0pct": (sparse_model, lambda: _nothing_dropped(sparse_model), run),
+        "sparse": (sparse_model, lambda: without_spon(sparse_model), run),
+        "sparse+SPON": (sparse_model, contextlib.nullcontext, run),
+        "masked_dense": (sparse_model, lambda: masked_dense(sparse_model), run),
     }
+    if compiled is not None:
+        from ..decode import compile_decode_
+
+        cd, cs = compiled
+        prepare_decode_(cs)
+        compile_decode_(cd)
+        compile_decode_(cs)
+        contexts.update({
+            "dense_compiled": (cd, contextlib.nullcontext, generate_decode),
+            "kernel_0pct_compiled": (cs, lambda: _nothing_dropped(cs), generate_decode),
+            "sparse_compiled": (cs, lambda: without_spon(cs), generate_decode),
+            "sparse+SPON_compiled": (cs, contextlib.nullcontext, generate_decode),
+        })
     seconds: dict[str, list[float]] = {k: [] for k in contexts}
     tokens: dict[str, list[int]] = {}
+    compile_seconds: dict[str, float] = {}
     for r in tqdm(range(repeats + 1), desc="decode rounds", disable=not progress):
-        for name, (model, ctx) in contexts.items():
+        for name, (model, ctx, fn) in contexts.items():
+            t0 = time.perf_counter()
             with ctx():
-                toks, _, dt = greedy_decode(model, prompt, new_tokens)
+                toks, _, dt = fn(model, prompt, new_tokens)
+            if r == 0 and name.endswith("_compiled"):
+                compile_seconds[name] = round(time.perf_counter() - t0, 1)  # tracing and compiling, in the warm-up round
             tokens.setdefault(name, toks)
             if r > 0:
                 seconds[name].append(dt)
@@ -108,9 +164,13 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats,
         "backend": decode_backend(sparse_model), "tokens_per_s": rate, "round_spread": spread,
         "speedup_vs_dense": {k: v / rate["dense"] for k, v in rate.items()},
+        **({"speedup_vs_dense_compiled": {k: v / rate["dense_compiled"] for k, v in rate.items()}} if compiled is not None else {}),
         "spon_cost": rate["sparse"] / rate["sparse+SPON"] - 1.0,
         "kernel_vs_masked_dense": same("sparse+SPON", "masked_dense"),
         "kernel_0pct_vs_dense": same("dense_kernel_0pct", "dense"),
+        **({"compiled_vs_eager": {k: same(k, k.replace("_compiled", "").replace("kernel_0pct", "dense_kernel_0pct"))
+                                  for k in contexts if k.endswith("_compiled")},
+            "compile_seconds": compile_seconds} if compiled is not None else {}),
         "seconds": seconds,
     }
 
@@ -125,6 +185,7 @@ class DecodeBench(ModelArgs):
     calib_tokens: int = opt(8192, "calibration tokens for thresholds")
     dtypes: str = opt("float32,bfloat16", "comma-separated dtypes to run")
     new_tokens: int = opt(64, "greedy tokens per round")
+    compile: bool = opt(False, "also torch.compile'd steps with a static KV cache: HF dense and our path (compile time apart)")
     repeats: int = opt(3, "rounds after a warm-up round (median)")
     prompt: str = opt("In Python, a list comprehension", "the prompt")
     out: str | None = opt(None, "folder for decode.json and decode.png", type="str")
@@ -147,9 +208,12 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
         if meta is None:
             calibrate_model(sparse_lm, splits, cfg.sparsity, calib_tokens=cfg.calib_tokens, progress=progress)
         prompt = dense_lm.tokenizer(cfg.prompt, return_tensors="pt")["input_ids"]
+        compiled = None
+        if cfg.compile:  # separate copies: a compiled forward replaces the model's own
+            compiled = (copy.deepcopy(dense_lm.model), copy.deepcopy(sparse_lm.model))
         runs[dtype] = bench_decode(dense_lm.model, sparse_lm.model, prompt, new_tokens=cfg.new_tokens, repeats=cfg.repeats,
-                                   progress=progress)
-        del dense_lm, sparse_lm
+                                   progress=progress, compiled=compiled)
+        del dense_lm, sparse_lm, compiled
     target = meta["sparsity"]["sparsity"] if meta else cfg.sparsity.sparsity
     res = {"benchmark": "decode", "model": {"name": cfg.model}, "artifact": cfg.artifact, "sparsity": target, "runs": runs,
            "machine": machine()}

@@ -169,12 +169,20 @@ class GenerateJob(ModelArgs):
     artifact: str | None = opt(None, "artifact folder (not needed for an exported model folder)", type="str")
     max_new_tokens: int = opt(40, "tokens to generate")
     dense: bool = opt(False, "generate with the dense model")
+    compile: bool = opt(False, "decode through torch.compile with a static KV cache (sparse: the prepared kernel as one "
+                               "custom operator); the first call compiles")
 
 
 def generate(cfg: GenerateJob, progress: bool = True) -> str:
     lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights)
     if meta is None and not cfg.dense:
         raise SponError("no sparsity to apply: pass --artifact, an exported model folder, or --dense")
+    if cfg.compile:
+        from ..decode import compile_decode_, prepare_decode_
+
+        if meta is not None:
+            prepare_decode_(lm.model)
+        compile_decode_(lm.model)
     if cfg.dense:
         with dense(lm.model):
             return generate_text(lm.model, lm.tokenizer, cfg.prompt, cfg.max_new_tokens)
