@@ -188,3 +188,28 @@ def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path):
     assert run["compiled_vs_eager"]["dense_compiled"]["identical"]  # HF's own model, compiled: the same greedy tokens
     assert run["compiled_vs_eager"]["sparse+SPON_compiled"]["identical"]
     assert run["speedup_vs_dense_compiled"]["dense_compiled"] == 1.0
+
+
+def test_llama_cpp_row_says_why_it_is_missing_or_times_the_stream(monkeypatch):
+    import sys
+    import types
+
+    from spon.bench.decode import llama_cpp_decode
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # not installed
+    assert llama_cpp_decode("m.gguf", "hi", 8)["status"].startswith("not installed: pip install llama-cpp-python")
+    clock = iter(float(t) for t in range(1000))
+
+    class Llama:  # a stand-in: each streamed token one second after the last
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def create_completion(self, prompt, max_tokens, temperature, stream):
+            assert temperature == 0.0 and stream
+            return iter(range(max_tokens))
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama))
+    monkeypatch.setattr("spon.bench.decode.time.perf_counter", lambda: next(clock))
+    assert llama_cpp_decode(None, "hi", 8)["status"].startswith("no GGUF")
+    r = llama_cpp_decode("m.gguf", "hi", 8, repeats=2)
+    assert r["status"] == "measured" and r["tokens_per_s"] == 1.0 and len(r["rounds"]) == 2  # 7 steps in 7 s, warm-up dropped

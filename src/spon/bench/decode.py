@@ -96,6 +96,35 @@ def generate_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> 
     return clock.tokens, clock.times[1] - clock.times[0], clock.times[-1] - clock.times[1]
 
 
+LLAMA_CPP_INSTALL = "pip install llama-cpp-python (builds llama.cpp from source, ~8 min on 2 cores)"
+
+
+def llama_cpp_decode(gguf: str | None, prompt: str, new_tokens: int, *, repeats: int = 3, threads: int | None = None) -> dict:
+    """llama.cpp's dense tokens/s on a GGUF file (the same weights at the same precision), measured like ours: greedy,
+    batch 1, the decode rate from the first new token to the last, median of `repeats` after a warm-up run.
+
+    Returns {"status": "measured", "tokens_per_s", ...} or {"status": "..."} saying why there is no figure.
+    """
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"status": f"not installed: {LLAMA_CPP_INSTALL}"}
+    if not gguf:
+        return {"status": "no GGUF of these weights at this precision given (--llama-gguf FILE)"}
+    llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads or torch.get_num_threads(), n_ctx=512, verbose=False)
+    rates = []
+    for r in range(repeats + 1):
+        times = []
+        for _ in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, stream=True):
+            times.append(time.perf_counter())
+        if r > 0 and len(times) > 1:
+            rates.append((len(times) - 1) / (times[-1] - times[0]))
+    if not rates:
+        return {"status": "llama.cpp produced fewer than two tokens"}
+    return {"status": "measured", "gguf": str(gguf), "tokens_per_s": statistics.median(rates), "rounds": rates,
+            "threads": threads or torch.get_num_threads()}
+
+
 @contextlib.contextmanager
 def _nothing_dropped(model: nn.Module):
     mods = list(sparse_modules(model).values())
@@ -186,6 +215,8 @@ class DecodeBench(ModelArgs):
     dtypes: str = opt("float32,bfloat16", "comma-separated dtypes to run")
     new_tokens: int = opt(64, "greedy tokens per round")
     compile: bool = opt(False, "also torch.compile'd steps with a static KV cache: HF dense and our path (compile time apart)")
+    llama_gguf: str | None = opt(None, "a GGUF of the same weights at the run's precision for llama.cpp's dense row (needs "
+                                       "llama-cpp-python); one dtype per run", type="str")
     repeats: int = opt(3, "rounds after a warm-up round (median)")
     prompt: str = opt("In Python, a list comprehension", "the prompt")
     out: str | None = opt(None, "folder for decode.json and decode.png", type="str")
@@ -213,6 +244,10 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
             compiled = (copy.deepcopy(dense_lm.model), copy.deepcopy(sparse_lm.model))
         runs[dtype] = bench_decode(dense_lm.model, sparse_lm.model, prompt, new_tokens=cfg.new_tokens, repeats=cfg.repeats,
                                    progress=progress, compiled=compiled)
+        runs[dtype]["llama_cpp"] = llama_cpp_decode(cfg.llama_gguf, cfg.prompt, cfg.new_tokens, repeats=cfg.repeats)
+        if runs[dtype]["llama_cpp"]["status"] == "measured":
+            runs[dtype]["speedup_vs_llama_cpp"] = {k: v / runs[dtype]["llama_cpp"]["tokens_per_s"]
+                                                   for k, v in runs[dtype]["tokens_per_s"].items()}
         del dense_lm, sparse_lm, compiled
     target = meta["sparsity"]["sparsity"] if meta else cfg.sparsity.sparsity
     res = {"benchmark": "decode", "model": {"name": cfg.model}, "artifact": cfg.artifact, "sparsity": target, "runs": runs,
