@@ -4,9 +4,7 @@ report, bench step / decode (each writes its JSON, Markdown and plots)."""
 import json
 
 import pytest
-import torch
 
-import spon
 from conftest import needs_cc, random_text
 from spon.cli import main
 

@@ -4,7 +4,6 @@ import importlib.util
 import os
 
 import pytest
-import torch
 
 import spon
 from spon.data import sequences

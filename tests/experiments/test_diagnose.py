@@ -1,10 +1,9 @@
-import json
 
 import pytest
 import torch
 
 import spon
-from conftest import make_model, random_ids, random_text
+from conftest import make_model, random_ids
 from spon.experiments.diagnose import always_active_fraction, anchor_curves, hidden_drift
 
 

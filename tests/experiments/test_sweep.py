@@ -1,10 +1,9 @@
-import json
 import math
 
 import pytest
 import torch
 
-from conftest import make_model, random_ids, random_text
+from conftest import make_model, random_ids
 from spon import SparsityConfig, TrainConfig, calibrate_, fold_, sparsify_
 from spon.artifact import load_artifact, save_artifact
 from spon.sparsify import without_spon

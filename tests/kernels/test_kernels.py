@@ -1,6 +1,5 @@
 """Sparse GEMV kernels match the plain-torch reference; the decode path matches the masked-dense path."""
 
-import shutil
 
 import pytest
 import torch
