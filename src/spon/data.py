@@ -124,7 +124,17 @@ def _hub_splits(name: str) -> tuple[str, str, str]:
 
 
 def load_splits(spec: str = EMBEDDED) -> TextSplits:
-    """Text splits from `spec`: "pydoc" (embedded), "wikitext2" or "c4" (hub), or a local file/folder path."""
+    """Text splits from `spec`: "pydoc" (embedded), "wikitext2" or "c4" (hub), or a local file/folder path.
+
+    "a+b" is a mixture: each split is a's split followed by b's (e.g. "pydoc+stdlib": both embedded corpora, twice
+    the held-out tokens, calibration and training on both domains).
+    """
+    if "+" in spec and not Path(spec).exists():
+        parts = [load_splits(p.strip()) for p in spec.split("+") if p.strip()]
+        source = {"name": spec, "description": " + ".join(p.source["description"] for p in parts),
+                  "python": parts[0].source.get("python")}
+        return TextSplits(*("\n\n".join(getattr(p, f) for p in parts) for f in ("calibration", "validation", "evaluation")),
+                          source=source)
     if spec == EMBEDDED:
         cal, val, ev = split_documents(_pydoc_docs())
         source = {"name": "pydoc", "description": "CPython documentation topics (pydoc_data.topics), 80/10/10 split by block"}
@@ -158,7 +168,7 @@ def load_eval_text(spec: str = EMBEDDED, part: str | None = None) -> tuple[str, 
     wikitext2, c4) by its held-out evaluation part, since its other parts give calibration and training text.
     "whole" / "calibration" / "validation" / "evaluation" ask for that part explicitly.
     """
-    named = spec in (EMBEDDED, STDLIB, *HUB_DATASETS)
+    named = all(p.strip() in (EMBEDDED, STDLIB, *HUB_DATASETS) for p in spec.split("+"))
     part = part or ("evaluation" if named else "whole")
     if part not in PARTS:
         raise SponError(f"unknown part {part!r}; use one of {', '.join(PARTS)}")

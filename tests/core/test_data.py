@@ -85,3 +85,12 @@ def test_sequences_with_and_without_bos():
     with_bos = sequences(ids, 8, bos=1)
     assert with_bos.tolist() == [[1, *range(10, 17)], [1, *range(17, 24)]]  # 20 tokens: two rows of 1 + 7
     assert sequences(ids, 8, max_tokens=9).shape == (1, 8)
+
+
+def test_a_mixture_joins_each_split_of_its_parts():
+    pydoc, stdlib, both = spon.load_splits("pydoc"), spon.load_splits("stdlib"), spon.load_splits("pydoc+stdlib")
+    for part in ("calibration", "validation", "evaluation"):
+        assert getattr(both, part) == getattr(pydoc, part) + "\n\n" + getattr(stdlib, part)
+    assert both.source["name"] == "pydoc+stdlib" and "standard library" in both.source["description"]
+    text, source = spon.data.load_eval_text("pydoc+stdlib")
+    assert text == both.evaluation and source["split"] == "evaluation"  # named corpora: their held-out parts
