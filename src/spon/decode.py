@@ -113,6 +113,8 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True) -> nn.Module:
 
     if getattr(model, "_spon_compiled", False):
         return model
+    # every compiled model and switch (dense, without_spon, masked_dense) adds graphs to the same forward code object
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     model.forward = torch.compile(model.forward, fullgraph=fullgraph)  # ints that change per step turn symbolic once
     model.generation_config.cache_implementation = "static"
     model._spon_compiled = True

@@ -241,6 +241,7 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
         prompt = dense_lm.tokenizer(cfg.prompt, return_tensors="pt")["input_ids"]
         compiled = None
         if cfg.compile:  # separate copies: a compiled forward replaces the model's own
+            torch._dynamo.reset()  # graphs of the previous dtype are not reused
             compiled = (copy.deepcopy(dense_lm.model), copy.deepcopy(sparse_lm.model))
         runs[dtype] = bench_decode(dense_lm.model, sparse_lm.model, prompt, new_tokens=cfg.new_tokens, repeats=cfg.repeats,
                                    progress=progress, compiled=compiled)
