@@ -156,6 +156,7 @@ def test_a_checkpoint_holding_anything_but_tensors_and_plain_data_is_refused(mod
 def test_resume_with_a_checkpoint_only_one_process_sees_fails_on_every_process(tmp_path):
     """Without a shared filesystem only process 0 has the checkpoint: every process must stop with one line."""
     script = textwrap.dedent("""
+        import sys
         from spon import distributed as dd
         from spon.errors import SponError
         dd.init_from_env()
@@ -163,7 +164,8 @@ def test_resume_with_a_checkpoint_only_one_process_sees_fails_on_every_process(t
             dd.require_everywhere(dd.rank() == 0, "none has it", "only some processes see the checkpoint")
             print("passed")
         except SponError as e:
-            print("error:", e)
+            sys.stdout.write(f"error: {e}\\n")  # one write per process: the two lines cannot interleave
+            sys.stdout.flush()
     """)
     proc = subprocess.run([sys.executable, "-c", script], env={**_env(), "WORLD_SIZE": "1"}, capture_output=True, text=True)
     assert "passed" in proc.stdout  # one process that has it
@@ -172,4 +174,4 @@ def test_resume_with_a_checkpoint_only_one_process_sees_fails_on_every_process(t
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(path)]
     proc = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("error: only some processes see the checkpoint") == 2 and "passed" not in proc.stdout
+    assert proc.stdout.count("only some processes see the checkpoint") == 2 and "passed" not in proc.stdout
