@@ -27,7 +27,7 @@ __all__ = [
 
 def input_major(mod) -> torch.Tensor:
     """A `SparseLinear`'s weight as [in, out] (contiguous once `prepare_decode_` ran)."""
-    return mod.weight if mod.transposed else mod.weight.t()
+    return mod.matrix.t()
 
 
 class DecodeState:
@@ -57,21 +57,20 @@ class DecodeState:
         if not self.use_kernel or not mod.rule.plain:
             return None
         bias = mod.folded_bias if mod.folded else mod.bias
-        wt = input_major(mod)
-        key = (x.dtype, x.device, wt.data_ptr(), mod.threshold, mod.alpha, bias, mod.neurons)
+        key = (x.dtype, x.device, mod.weight.data_ptr(), mod.threshold, mod.alpha, bias, mod.neurons)  # no view per call
         versions = (mod.threshold._version, mod.alpha._version, 0 if bias is None else bias._version)
         if self._key is None or any(a is not b for a, b in zip(key[3:], self._key[3:])) or key[:3] != self._key[:3] \
                 or versions != self._versions:
             self._key, self._versions = key, versions
-            self.plan = self._build(mod, wt, bias, x)
+            self.plan = self._build(mod, input_major(mod), bias, x)
         if self.plan is None:
             return None
         return self.plan(x.reshape(-1)).view(*x.shape[:-1], mod.out_features)
 
     @staticmethod
     def _build(mod, wt: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor):
-        if not mod.folded and (mod.neurons is not None or mod.alpha.any()):
-            return None  # unfolded vectors: the plain path adds them
+        if mod.unfolded_vectors:
+            return None  # the plain path adds them
         if wt.device != x.device or not wt.is_contiguous() or (bias is not None and bias.device != x.device):
             return None  # moved or re-laid-out since prepare_decode_: never hand a kernel a foreign pointer
         from .kernels import GemvPlan
@@ -89,7 +88,7 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
     from .kernels import op  # noqa: F401  registers torch.ops.spon.sparse_gemv for compiled steps
 
     mods = sparse_modules(model)
-    if fold and any(m.alpha.any() or m.neurons is not None for m in mods.values()):
+    if fold and any(m.unfolded_vectors for m in mods.values()):
         fold_(model)
     for m in mods.values():
         if m.decode is not None:
@@ -97,7 +96,7 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
         if not m.transposed:  # GPT-2 Conv1D stores [in, out] already
             wt = m.weight.detach().t().contiguous()
             m.weight = nn.Parameter(wt.t(), requires_grad=False)  # a view: dense/prefill matmuls use the same bytes
-        m.decode = DecodeState(spon_free=m.folded or (m.neurons is None and not bool(m.alpha.any())))
+        m.decode = DecodeState(spon_free=not m.unfolded_vectors)
     return model
 
 
@@ -137,7 +136,7 @@ def decode_backends(model: nn.Module, device: torch.device | str | None = None) 
     for name, m in sparse_modules(model).items():
         if m.decode is None:
             out[name] = "none"
-        elif not m.decode.use_kernel or not m.rule.plain or (not m.folded and (m.neurons is not None or bool(m.alpha.any()))):
+        elif not m.decode.use_kernel or not m.rule.plain or m.unfolded_vectors:
             out[name] = "masked-matmul"
         else:
             wt = input_major(m)

@@ -27,15 +27,14 @@ def is_conv1d(mod: nn.Module) -> bool:
     return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and getattr(mod, "weight", None) is not None
 
 
-def linear_shape(mod: nn.Module) -> list[int]:
-    """[out_features, in_features] of an `nn.Linear`, `Conv1D` or `SparseLinear`."""
-    w = mod.weight
-    return [w.shape[1], w.shape[0]] if is_conv1d(mod) or getattr(mod, "transposed", False) else [w.shape[0], w.shape[1]]
-
-
 def linear_matrix(mod: nn.Module) -> torch.Tensor:
     """The weight of an `nn.Linear`, `Conv1D` or `SparseLinear` as [out_features, in_features]."""
     return mod.weight.t() if is_conv1d(mod) or getattr(mod, "transposed", False) else mod.weight
+
+
+def linear_shape(mod: nn.Module) -> list[int]:
+    """[out_features, in_features] of an `nn.Linear`, `Conv1D` or `SparseLinear`."""
+    return list(linear_matrix(mod).shape)
 
 
 def is_linear(mod: nn.Module) -> bool:
@@ -124,7 +123,12 @@ class SparseLinear(CountsZeros, nn.Module):
     @property
     def matrix(self) -> torch.Tensor:
         """The weight as [out_features, in_features] (a view for Conv1D)."""
-        return self.weight.t() if self.transposed else self.weight
+        return linear_matrix(self)
+
+    @property
+    def unfolded_vectors(self) -> bool:
+        """Spontaneous activity not yet in the bias (the plain path adds it; the kernels cannot)."""
+        return not self.folded and (self.neurons is not None or bool(self.alpha.any()))
 
     @property
     def folded(self) -> bool:
@@ -144,8 +148,7 @@ class SparseLinear(CountsZeros, nn.Module):
         if self.decode is not None and x.numel() == self.in_features and self.stats is None:
             if torch.compiler.is_compiling():  # one custom op the graph captures; everything here is static for the tracer
                 if self.decode.use_kernel and self.rule.plain and (self.folded or self.decode.spon_free):
-                    wt = self.weight if self.transposed else self.weight.t()
-                    return torch.ops.spon.sparse_gemv(x, wt, self.folded_bias if self.folded else self.bias, self.threshold)
+                    return torch.ops.spon.sparse_gemv(x, self.matrix.t(), self.folded_bias if self.folded else self.bias, self.threshold)
             else:
                 y = self.decode.step(self, x)
                 if y is not None:
