@@ -3,7 +3,8 @@
 After `prepare_decode_(model)` every `SparseLinear` keeps its weight input-major ([in, out], each input's
 weights one contiguous row); single-token forwards go through the sparse GEMV kernel (CPU: C/OpenMP;
 GPU: Triton), and prefill (several tokens) through a dense matmul on the masked input, on a transposed
-view of the same storage, so the weights are not held twice. Only layers whose rule is a plain threshold
+view of the same storage, so the weights are not held twice. The output head becomes a `DecodeHead`
+(a dense GEMV kernel on the weight as stored, for single tokens). Only layers whose rule is a plain threshold
 (magnitude, CATS's down projection) take the kernel; WINA, top-k and R-Sparse layers stay on the masked
 matmul, and `decode_backends` says which layer uses what.
 """
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .decode_head import DecodeHead
 from .fold import fold_
 from .sparsify import set_attr, sparse_modules
 
@@ -97,7 +99,19 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
             wt = m.weight.detach().t().contiguous()
             m.weight = nn.Parameter(wt.t(), requires_grad=False)  # a view: dense/prefill matmuls use the same bytes
         m.decode = DecodeState(spon_free=not m.unfolded_vectors)
+    _swap_head(model)
     return model
+
+
+def _swap_head(model: nn.Module) -> None:
+    """The output head (an exact nn.Linear: `get_output_embeddings`) becomes a `DecodeHead` on the same parameters."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if type(head) is not nn.Linear:
+        return
+    name = next(n for n, m in model.named_modules() if m is head)
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, DecodeHead(head))
 
 
 def compile_decode_(model: nn.Module, *, fullgraph: bool = True) -> nn.Module:
@@ -122,8 +136,11 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True) -> nn.Module:
 
 @contextlib.contextmanager
 def masked_dense(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside this block single tokens take the plain path too (F.linear on the masked input): the reference."""
-    with set_attr([m.decode for m in sparse_modules(model).values() if m.decode is not None], "use_kernel", False):
+    """Inside this block single tokens take the plain path too (F.linear on the masked input, and on the output
+    head): the reference."""
+    heads = [m for m in model.modules() if isinstance(m, DecodeHead)]
+    with set_attr([m.decode for m in sparse_modules(model).values() if m.decode is not None], "use_kernel", False), \
+            set_attr(heads, "use_kernel", False):
         yield model
 
 

@@ -111,6 +111,10 @@ def unsparsify_(model: nn.Module) -> nn.Module:
         _set_submodule(model, name, mod.to_linear())
     for name, act in sparse_activations(model).items():
         _set_submodule(model, name, act.act)
+    from .decode_head import DecodeHead
+
+    for name, head in [(n, m) for n, m in model.named_modules() if isinstance(m, DecodeHead)]:
+        _set_submodule(model, name, head.to_linear())
     if hasattr(model, "spon_config"):
         del model.spon_config
     return model

@@ -188,26 +188,55 @@ def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path):
     assert run["speedup_vs_dense_compiled"]["dense_compiled"] == 1.0
 
 
-def test_llama_cpp_row_says_why_it_is_missing_or_times_the_stream(monkeypatch):
+def test_llama_cpp_row_says_why_it_is_missing_and_times_the_stream(monkeypatch, tmp_path):
     import sys
     import types
 
-    from spon.bench.decode import llama_cpp_decode
+    import torch
+
+    from spon.bench.llama_cpp import LlamaCpp, open_llama_cpp, requantised_gguf
+    from spon.errors import SponError
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # not installed
-    assert llama_cpp_decode("m.gguf", "hi", 8)["status"].startswith("not installed: pip install llama-cpp-python")
+    assert open_llama_cpp("smollm2", "float32").startswith("not installed: pip install llama-cpp-python")
     clock = iter(float(t) for t in range(1000))
+    calls = []
 
-    class Llama:  # a stand-in: each streamed token one second after the last
+    class Params:
+        ftype = allow_requantize = pure = None
+
+    def quantize(src, dst, params):  # llama.cpp's quantiser, standing in: writes the file, or fails
+        calls.append((src, params.ftype, params.allow_requantize, params.pure))
+        if b"bad" in src:
+            return 1
+        open(dst, "wb").write(b"GGUF" + src)
+        return 0
+
+    class Llama:  # each generated token one second after the last
         def __init__(self, **kw):
             self.kw = kw
 
-        def create_completion(self, prompt, max_tokens, temperature, stream):
-            assert temperature == 0.0 and stream
-            return iter(range(max_tokens))
+        def generate(self, ids, **kw):
+            assert kw["top_k"] == 1 and kw["temp"] == 0.0 and ids == [5, 6, 7]
+            return iter(range(100, 200))
 
-    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama))
-    monkeypatch.setattr("spon.bench.decode.time.perf_counter", lambda: next(clock))
-    assert llama_cpp_decode(None, "hi", 8)["status"].startswith("no GGUF")
-    r = llama_cpp_decode("m.gguf", "hi", 8, repeats=2)
-    assert r["status"] == "measured" and r["tokens_per_s"] == 1.0 and len(r["rounds"]) == 2  # 7 steps in 7 s, warm-up dropped
+    stand_in = types.SimpleNamespace(Llama=Llama, llama_model_quantize=quantize,
+                                     llama_model_quantize_default_params=Params)
+    monkeypatch.setitem(sys.modules, "llama_cpp", stand_in)
+    monkeypatch.setenv("SPON_CACHE", str(tmp_path / "cache"))
+    assert open_llama_cpp(str(tmp_path), "float32").startswith("no GGUF of these weights")
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"weights")
+    out = requantised_gguf(src, "bfloat16", stand_in)
+    assert out.read_bytes() == b"GGUF" + str(src).encode() and calls == [(str(src).encode(), 32, True, True)]
+    assert requantised_gguf(src, "bfloat16", stand_in) == out and len(calls) == 1  # cached: requantised once
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"x")
+    with pytest.raises(SponError, match="could not requantise"):
+        requantised_gguf(bad, "float32", stand_in)
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # nothing half-written left behind
+    llama = open_llama_cpp(str(src), "float32", threads=2)
+    assert isinstance(llama, LlamaCpp) and llama.llm.kw["n_threads"] == 2
+    monkeypatch.setattr("spon.bench.llama_cpp.time.perf_counter", lambda: next(clock))
+    tokens, prefill, decode = llama.decode(torch.tensor([[5, 6, 7]]), 8)
+    assert tokens == list(range(100, 108)) and prefill == 1.0 and decode == 7.0  # 7 steps after the first token

@@ -45,6 +45,32 @@ def test_cpu_kernel_matches_reference(dtype):
 
 
 @needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_head_kernel_matches_linear(dtype):
+    """The output head's dense GEMV on nn.Linear's [out, in] layout: W x + b, for any row count (tails of four)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from spon.kernels import op  # noqa: F401
+
+    g = torch.Generator().manual_seed(1)
+    for n_out, n_in in [(1, 1), (7, 3), (33, 65), (1000, 17), (4099, 576)]:
+        x = torch.randn(1, 1, n_in, generator=g).to(dtype)
+        w, bias = torch.randn(n_out, n_in, generator=g).to(dtype), torch.randn(n_out, generator=g).to(dtype)
+        want = (x.double() @ w.double().t() + bias.double()).to(dtype)
+        got = torch.ops.spon.dense_gemv(x, w, bias)
+        assert got.shape == (1, 1, n_out) and got.dtype == dtype
+        torch.testing.assert_close(got, want, **TOL[dtype])
+        torch.testing.assert_close(torch.ops.spon.dense_gemv(x, w, None), (x.double() @ w.double().t()).to(dtype), **TOL[dtype])
+    if dtype == torch.bfloat16:  # the fp32 sum rounded once, like torch: exact against a float32 product rounded
+        y32 = torch.ops.spon.dense_gemv(x.float(), w, bias)
+        assert torch.equal(got, y32.to(torch.bfloat16))
+    torch.library.opcheck(torch.ops.spon.dense_gemv.default, (x, w, bias))
+    with FakeTensorMode() as mode:
+        fake = torch.ops.spon.dense_gemv(mode.from_tensor(x), mode.from_tensor(w), None)
+    assert fake.shape == (1, 1, w.shape[0])
+
+
+@needs_cc
 def test_cpu_kernel_counts_kept_inputs():
     x = torch.tensor([0.1, -2.0, 0.0, 3.0, -0.5])
     y, kept = cpu.cpu_kernel().gemv(x, torch.ones(5, 2), None, 0.4)
@@ -167,9 +193,13 @@ def test_decode_path_matches_masked_dense(arch, dtype):
     spon.fold_(model)  # in bf16 folding itself rounds; compare the decode layout against the folded model
     with torch.no_grad():
         want_prefill = model(input_ids=prompt).logits
+    head = model.get_output_embeddings()
     prepare_decode_(model)
     assert decode_backend(model) == "cpu"
     assert all(not m.alpha.any() and m.folded for m in spon.sparse_modules(model).values())
+    from spon.decode_head import DecodeHead
+
+    assert isinstance(model.get_output_embeddings(), DecodeHead) and model.get_output_embeddings().weight is head.weight
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=prompt).logits, want_prefill, **TOL[dtype])  # prefill: dense matmul
         step = prompt[:, :1]
@@ -181,6 +211,8 @@ def test_decode_path_matches_masked_dense(arch, dtype):
         ref_tokens, _, _ = greedy_decode(model, prompt, 8)
     tokens, _, _ = greedy_decode(model, prompt, 8)
     assert len(tokens) == 8 and tokens == ref_tokens
+    spon.unsparsify_(model)  # the plain head back, on the same weight
+    assert type(model.get_output_embeddings()) is torch.nn.Linear and model.get_output_embeddings().weight is head.weight
 
 
 @needs_cc

@@ -9,7 +9,8 @@ the rate, first round discarded as warm-up. Variants:
 - masked_dense: sparse+SPON through F.linear on the masked input (the reference the kernel must match);
 - with compile: dense_compiled (HF's own model through torch.compile with a static KV cache: the best dense
   baseline in PyTorch), kernel_0pct_compiled, sparse_compiled and sparse+SPON_compiled (our path compiled the
-  same way, the sparse GEMV one custom operator in the graph), run through `generate`.
+  same way, the sparse GEMV one custom operator in the graph), run through `generate`;
+- llama_cpp: llama.cpp dense on the same weights at the same precision (`bench.llama_cpp`), where installed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import ensure_writable_dir
 from ..config import SparsityConfig, opt
+from ..errors import SponError
 from ..decode import decode_backend, masked_dense, prepare_decode_
 from ..models import ModelArgs
 from ..machine import machine
@@ -96,35 +98,6 @@ def generate_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> 
     return clock.tokens, clock.times[1] - clock.times[0], clock.times[-1] - clock.times[1]
 
 
-LLAMA_CPP_INSTALL = "pip install llama-cpp-python (builds llama.cpp from source, ~8 min on 2 cores)"
-
-
-def llama_cpp_decode(gguf: str | None, prompt: str, new_tokens: int, *, repeats: int = 3, threads: int | None = None) -> dict:
-    """llama.cpp's dense tokens/s on a GGUF file (the same weights at the same precision), measured like ours: greedy,
-    batch 1, the decode rate from the first new token to the last, median of `repeats` after a warm-up run.
-
-    Returns {"status": "measured", "tokens_per_s", ...} or {"status": "..."} saying why there is no figure.
-    """
-    try:
-        import llama_cpp
-    except ImportError:
-        return {"status": f"not installed: {LLAMA_CPP_INSTALL}"}
-    if not gguf:
-        return {"status": "no GGUF of these weights at this precision given (--llama-gguf FILE)"}
-    llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads or torch.get_num_threads(), n_ctx=512, verbose=False)
-    rates = []
-    for r in range(repeats + 1):
-        times = []
-        for _ in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, stream=True):
-            times.append(time.perf_counter())
-        if r > 0 and len(times) > 1:
-            rates.append((len(times) - 1) / (times[-1] - times[0]))
-    if not rates:
-        return {"status": "llama.cpp produced fewer than two tokens"}
-    return {"status": "measured", "gguf": str(gguf), "tokens_per_s": statistics.median(rates), "rounds": rates,
-            "threads": threads or torch.get_num_threads()}
-
-
 @contextlib.contextmanager
 def _nothing_dropped(model: nn.Module):
     mods = list(sparse_modules(model).values())
@@ -140,12 +113,15 @@ def _nothing_dropped(model: nn.Module):
 
 
 def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.Tensor, *, new_tokens: int = 64,
-                 repeats: int = 3, progress: bool = True, compiled: tuple[nn.Module, nn.Module] | None = None) -> dict:
+                 repeats: int = 3, progress: bool = True, compiled: tuple[nn.Module, nn.Module] | None = None,
+                 llama=None) -> dict:
     """tokens/s of each variant; `sparse_model` is sparsified (thresholds, SPON vectors) and gets prepared here.
 
     compiled: (dense, sparse) copies to run through torch.compile with a static KV cache as well ("..._compiled"
     variants: HF dense compiled, our path at 0%, sparse and sparse+SPON compiled); the first round, which compiles,
     is timed apart ("compile_seconds") and discarded with the other warm-up runs.
+    llama: a `llama_cpp.LlamaCpp` on the same weights at the same precision: its dense row ("llama_cpp"), timed in
+    the same rounds.
     """
     prepare_decode_(sparse_model)
     run = greedy_decode
@@ -169,6 +145,8 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
             "sparse_compiled": (cs, lambda: without_spon(cs), generate_decode),
             "sparse+SPON_compiled": (cs, contextlib.nullcontext, generate_decode),
         })
+    if llama is not None:
+        contexts["llama_cpp"] = (llama, contextlib.nullcontext, lambda m, p, n: m.decode(p, n))
     seconds: dict[str, list[float]] = {k: [] for k in contexts}
     tokens: dict[str, list[int]] = {}
     compile_seconds: dict[str, float] = {}
@@ -193,6 +171,8 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats,
         "backend": decode_backend(sparse_model), "tokens_per_s": rate, "round_spread": spread,
         "speedup_vs_dense": {k: v / rate["dense"] for k, v in rate.items()},
+        **({"speedup_vs_llama_cpp": {k: v / rate["llama_cpp"] for k, v in rate.items()},
+            "llama_cpp_vs_dense": same("llama_cpp", "dense")} if llama is not None else {}),
         **({"speedup_vs_dense_compiled": {k: v / rate["dense_compiled"] for k, v in rate.items()}} if compiled is not None else {}),
         "spon_cost": rate["sparse"] / rate["sparse+SPON"] - 1.0,
         "kernel_vs_masked_dense": same("sparse+SPON", "masked_dense"),
@@ -215,8 +195,8 @@ class DecodeBench(ModelArgs):
     dtypes: str = opt("float32,bfloat16", "comma-separated dtypes to run")
     new_tokens: int = opt(64, "greedy tokens per round")
     compile: bool = opt(False, "also torch.compile'd steps with a static KV cache: HF dense and our path (compile time apart)")
-    llama_gguf: str | None = opt(None, "a GGUF of the same weights at the run's precision for llama.cpp's dense row (needs "
-                                       "llama-cpp-python); one dtype per run", type="str")
+    llama_gguf: str | None = opt(None, "a GGUF for llama.cpp's dense row (needs llama-cpp-python; default: the model's own "
+                                       "GGUF requantised to each dtype); one dtype per run", type="str")
     repeats: int = opt(3, "rounds after a warm-up round (median)")
     prompt: str = opt("In Python, a list comprehension", "the prompt")
     out: str | None = opt(None, "folder for decode.json and decode.png", type="str")
@@ -228,8 +208,11 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
     from ..experiments.plots import plot_decode
     from ..models import load_model
     from .gemv import parse_dtypes
+    from .llama_cpp import open_llama_cpp
 
     dtypes = parse_dtypes(cfg.dtypes, ("float32", "bfloat16", "float16"))
+    if cfg.llama_gguf and len(dtypes) > 1:
+        raise SponError(f"--llama-gguf holds one precision but --dtypes asks for {len(dtypes)}; give one dtype")
     out = ensure_writable_dir(cfg.out) if cfg.out else None
     splits = load_splits(cfg.data) if not cfg.artifact else None
     runs, meta = {}, None
@@ -243,13 +226,12 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
         if cfg.compile:  # separate copies: a compiled forward replaces the model's own
             torch._dynamo.reset()  # graphs of the previous dtype are not reused
             compiled = (copy.deepcopy(dense_lm.model), copy.deepcopy(sparse_lm.model))
+        llama = open_llama_cpp(cfg.model, dtype, cfg.llama_gguf)
         runs[dtype] = bench_decode(dense_lm.model, sparse_lm.model, prompt, new_tokens=cfg.new_tokens, repeats=cfg.repeats,
-                                   progress=progress, compiled=compiled)
-        runs[dtype]["llama_cpp"] = llama_cpp_decode(cfg.llama_gguf, cfg.prompt, cfg.new_tokens, repeats=cfg.repeats)
-        if runs[dtype]["llama_cpp"]["status"] == "measured":
-            runs[dtype]["speedup_vs_llama_cpp"] = {k: v / runs[dtype]["llama_cpp"]["tokens_per_s"]
-                                                   for k, v in runs[dtype]["tokens_per_s"].items()}
-        del dense_lm, sparse_lm, compiled
+                                   progress=progress, compiled=compiled, llama=None if isinstance(llama, str) else llama)
+        runs[dtype]["llama_cpp"] = ({"status": llama} if isinstance(llama, str) else
+                                    {"status": "measured", "gguf": str(llama.gguf), "threads": llama.threads})
+        del dense_lm, sparse_lm, compiled, llama
     target = meta["sparsity"]["sparsity"] if meta else cfg.sparsity.sparsity
     res = {"benchmark": "decode", "model": {"name": cfg.model}, "artifact": cfg.artifact, "sparsity": target, "runs": runs,
            "machine": machine()}

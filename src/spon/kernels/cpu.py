@@ -68,6 +68,7 @@ class CpuKernel:
         self.lib = ctypes.CDLL(str(path))
         p = ctypes.c_void_p
         self.lib.spon_gemv_plan.argtypes, self.lib.spon_gemv_plan.restype = [p, p, p], ctypes.c_int64
+        self.lib.spon_dense_plan.argtypes, self.lib.spon_dense_plan.restype = [p, p, p], None
         self.lib.spon_read_sum.argtypes = [p, ctypes.c_int64, ctypes.c_int]
         self.lib.spon_read_sum.restype = ctypes.c_double
 
@@ -78,6 +79,11 @@ class CpuKernel:
                 threads: int | None = None) -> "PreparedGemv":
         """One layer's call with its buffers and arguments packed once; dtype: x's and y's (float32 or bfloat16)."""
         return PreparedGemv(self, wt, bias, tau, dtype, threads or torch.get_num_threads())
+
+    def prepare_dense(self, w: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                      threads: int | None = None) -> "PreparedGemv":
+        """A dense y = W x + b on an output-major weight w [out, in] (nn.Linear's own layout: the output head)."""
+        return PreparedGemv(self, w, bias, 0.0, dtype, threads or torch.get_num_threads(), output_major=True)
 
     def gemv(self, x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: float,
              threads: int | None = None) -> tuple[torch.Tensor, int]:
@@ -103,22 +109,25 @@ class PreparedGemv:
     """
 
     def __init__(self, kernel: CpuKernel, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype,
-                 threads: int):
+                 threads: int, output_major: bool = False):
         if dtype not in CpuKernel.IO or not kernel.supports(wt.dtype) or not wt.is_contiguous():
             raise ValueError(f"no prepared CPU call for x {dtype} and weight {wt.dtype} (contiguous={wt.is_contiguous()})")
-        self.wt, self.dtype, self.n_out = wt, dtype, wt.shape[1]
+        n_in, n_out = (wt.shape[1], wt.shape[0]) if output_major else wt.shape
+        self.wt, self.dtype, self.n_in, self.n_out = wt, dtype, n_in, n_out
         self.bias = bias.float().contiguous() if bias is not None else None
-        self.scratch = Scratch(*wt.shape, threads)
-        self.args = _Plan(wt.data_ptr(), self.bias.data_ptr() if self.bias is not None else None, self.scratch.acc.data_ptr(),
-                          self.scratch.idx.data_ptr(), self.scratch.val.data_ptr(), wt.shape[0], wt.shape[1], tau, threads,
+        self.scratch = Scratch(n_in, n_out, threads, accumulators=not output_major)
+        acc = self.scratch.acc.data_ptr() if self.scratch.acc is not None else None
+        self.args = _Plan(wt.data_ptr(), self.bias.data_ptr() if self.bias is not None else None, acc,
+                          self.scratch.idx.data_ptr(), self.scratch.val.data_ptr(), n_in, n_out, tau, threads,
                           int(dtype == torch.bfloat16), int(wt.dtype == torch.bfloat16))
-        self.ptr, self.fn = ctypes.addressof(self.args), kernel.lib.spon_gemv_plan
+        self.ptr = ctypes.addressof(self.args)
+        self.fn = kernel.lib.spon_dense_plan if output_major else kernel.lib.spon_gemv_plan
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """x: [in] contiguous, of the prepared dtype -> (y [out] of the same dtype, number of kept inputs)."""
         y = torch.empty(self.n_out, dtype=self.dtype)
         kept = self.fn(self.ptr, x.data_ptr(), y.data_ptr())
-        return y, int(kept)
+        return y, self.n_in if kept is None else int(kept)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
@@ -126,12 +135,12 @@ class PreparedGemv:
 
 class Scratch:
     """The kernel's working buffers for one layer shape, allocated once: kept indices and values, and one
-    float32 accumulator per thread."""
+    float32 accumulator per thread (the sparse kernel's; the dense head kernel needs none)."""
 
-    def __init__(self, n_in: int, n_out: int, threads: int):
+    def __init__(self, n_in: int, n_out: int, threads: int, accumulators: bool = True):
         self.idx = torch.empty(n_in, dtype=torch.int64)
         self.val = torch.empty(n_in, dtype=torch.float32)
-        self.acc = torch.empty(threads * n_out, dtype=torch.float32)
+        self.acc = torch.empty(threads * n_out, dtype=torch.float32) if accumulators else None
 
 
 @lru_cache(maxsize=1)

@@ -99,6 +99,50 @@ static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int
 SPON_GEMV(spon_gemv_f32, float, AS_F32)
 SPON_GEMV(spon_gemv_bf16, uint16_t, bf16)
 
+/* Dense GEMV on an output-major matrix (w: [out, in], row j holds output j's weights): y = W x + b. For the
+ * output head, whose weight is tied to the embeddings and stored this way, so it is read without a copy. x is
+ * widened to float32 once (xf: in floats); each thread takes a contiguous slice of the outputs, four rows per pass
+ * (four independent sums keep the loads in flight). */
+#define SPON_DENSE(NAME, WTYPE, LOAD)                                                                      \
+    static void NAME(const void *x, const WTYPE *w, const float *bias, void *y, int io_bf16, float *xf,            \
+                     int64_t in, int64_t out, int nthreads) {                                              \
+        for (int64_t i = 0; i < in; ++i)                                                                   \
+            xf[i] = io_bf16 ? bf16(((const uint16_t *)x)[i]) : ((const float *)x)[i];                      \
+        int64_t groups = (out + 3) / 4;                                                                    \
+        _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                 \
+        for (int64_t g = 0; g < groups; ++g) {                                                             \
+            int64_t j0 = g * 4, n = out - j0 < 4 ? out - j0 : 4;                                           \
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                         \
+            if (n == 4) {                                                                                  \
+                const WTYPE *r0 = w + j0 * in, *r1 = r0 + in, *r2 = r1 + in, *r3 = r2 + in;                \
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;                                          \
+                _Pragma("omp simd reduction(+ : s0, s1, s2, s3)") for (int64_t i = 0; i < in; ++i) {       \
+                    float v = xf[i];                                                                       \
+                    s0 += v * LOAD(r0[i]);                                                                 \
+                    s1 += v * LOAD(r1[i]);                                                                 \
+                    s2 += v * LOAD(r2[i]);                                                                 \
+                    s3 += v * LOAD(r3[i]);                                                                 \
+                }                                                                                          \
+                s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;                                                \
+            } else {                                                                                       \
+                for (int64_t u = 0; u < n; ++u) {                                                          \
+                    const WTYPE *r = w + (j0 + u) * in;                                                    \
+                    float su = 0.0f;                                                                       \
+                    _Pragma("omp simd reduction(+ : su)") for (int64_t i = 0; i < in; ++i) su += xf[i] * LOAD(r[i]); \
+                    s[u] = su;                                                                             \
+                }                                                                                          \
+            }                                                                                              \
+            for (int64_t u = 0; u < n; ++u) {                                                              \
+                float v = s[u] + (bias ? bias[j0 + u] : 0.0f);                                             \
+                if (io_bf16) ((uint16_t *)y)[j0 + u] = to_bf16(v);                                          \
+                else ((float *)y)[j0 + u] = v;                                                             \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+SPON_DENSE(spon_dense_f32, float, AS_F32)
+SPON_DENSE(spon_dense_bf16, uint16_t, bf16)
+
 /* The binding's one entry: a layer's call prepared once (spon/kernels/cpu.py mirrors this struct), so a
  * decode step passes three pointers instead of thirteen arguments. */
 typedef struct {
@@ -118,6 +162,14 @@ int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y) {
                               p->idx, p->val, p->nthreads);
     return spon_gemv_f32(x, (const float *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau, p->idx,
                          p->val, p->nthreads);
+}
+
+/* The output head's dense call, prepared the same way: wt is [out, in] here, val the widened input (in floats). */
+void spon_dense_plan(const spon_plan *p, const void *x, void *y) {
+    if (p->w_bf16)
+        spon_dense_bf16(x, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->val, p->in, p->out, p->nthreads);
+    else
+        spon_dense_f32(x, (const float *)p->wt, p->bias, y, p->io_bf16, p->val, p->in, p->out, p->nthreads);
 }
 
 /* Read-bandwidth probe for the benchmarks: sum n floats with the same threads (the bytes a GEMV must read). */

@@ -1,0 +1,87 @@
+"""llama.cpp as a decode baseline: the dense engine CPU users run, on exactly the weights spon serves.
+
+For a model that comes from a GGUF file (the embedded models, or `--model FILE.gguf`) the file is requantised
+once per precision with llama.cpp's own quantiser (`llama_model_quantize`, requantising allowed, every tensor
+the same type) into the cache: F32 holds exactly the weights spon dequantises, BF16 and F16 the same weights
+rounded as `load_model(..., "bfloat16")` rounds them. Other models need a GGUF of their weights (`--llama-gguf`).
+
+Needs the optional package `llama-cpp-python` (it builds llama.cpp from source: ~8 min on 2 cores); without it
+the benchmark's row says so.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_file
+from ..errors import SponError
+from ..models import EMBEDDED_MODELS, cache_dir, resolve_gguf
+
+__all__ = ["LLAMA_CPP_INSTALL", "FTYPES", "source_gguf", "requantised_gguf", "LlamaCpp", "open_llama_cpp"]
+
+LLAMA_CPP_INSTALL = "pip install llama-cpp-python (builds llama.cpp from source, ~8 min on 2 cores)"
+FTYPES = {"float32": ("F32", 0), "float16": ("F16", 1), "bfloat16": ("BF16", 32)}  # llama_ftype values
+
+
+def source_gguf(model: str) -> Path | None:
+    """The GGUF file a model spec was loaded from, or None (a folder or a hub id)."""
+    if model in EMBEDDED_MODELS:
+        return resolve_gguf(model)
+    return Path(model) if str(model).endswith(".gguf") and Path(model).is_file() else None
+
+
+def requantised_gguf(gguf: Path, dtype: str, llama_cpp) -> Path:
+    """`gguf` with every tensor in `dtype` (F32/BF16/F16), written once into the cache (atomically)."""
+    tag, ftype = FTYPES[dtype]
+    st = gguf.stat()
+    target = cache_dir() / "llama-cpp" / f"{gguf.stem}-{st.st_size}-{tag}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.pure = ftype, True, True
+    with atomic_file(target) as tmp:
+        rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params)
+        if rc != 0:
+            raise SponError(f"llama.cpp could not requantise {gguf} to {tag} (code {rc}); give --llama-gguf FILE")
+    return target
+
+
+class LlamaCpp:
+    """A loaded llama.cpp model that decodes like `greedy_decode`: greedy, batch 1, prompt given as token ids."""
+
+    def __init__(self, llama_cpp, gguf: Path, threads: int):
+        self.gguf, self.threads = gguf, threads
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=512,
+                                   verbose=False)
+
+    def decode(self, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
+        """(tokens, prefill seconds, decode seconds); decode time covers the new_tokens - 1 steps after the first token."""
+        ids = [int(t) for t in prompt.reshape(-1)]
+        tokens, times = [], []
+        t0 = time.perf_counter()
+        for tok in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            times.append(time.perf_counter())
+            tokens.append(int(tok))
+            if len(tokens) == new_tokens:
+                break
+        return tokens, times[0] - t0, times[-1] - times[0]
+
+
+def open_llama_cpp(model: str, dtype: str, gguf: str | None = None, threads: int | None = None) -> LlamaCpp | str:
+    """llama.cpp on the same weights at `dtype`, or a line saying why there is none."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return f"not installed: {LLAMA_CPP_INSTALL}"
+    if gguf is None:
+        src = source_gguf(model)
+        if src is None:
+            return "no GGUF of these weights (the model is not a GGUF file): give --llama-gguf FILE"
+        if dtype not in FTYPES:
+            return f"llama.cpp has no {dtype} type"
+        gguf = requantised_gguf(src, dtype, llama_cpp)
+    return LlamaCpp(llama_cpp, Path(gguf), threads or torch.get_num_threads())
