@@ -268,3 +268,31 @@ def test_decode_backend_reports_what_each_layer_uses():
         assert decode_backend(other) == "masked-matmul", rule  # these rules never take the kernel
     with masked_dense(model):
         assert set(decode_backends(model).values()) == {"masked-matmul"}
+
+
+@needs_cc
+def test_bench_gemv_never_reads_a_cache_hot_copy(monkeypatch):
+    """Consecutive timed calls read different weight copies (the same copy twice in a row is read from cache)."""
+    import spon.bench.gemv as bg
+
+    seen = []
+    real_plan, real_linear, real_ref = bg.GemvPlan, bg.F.linear, bg.reference_gemv
+
+    class Plan(real_plan):
+        def __call__(self, x):
+            seen.append(self.wt.data_ptr())
+            return super().__call__(x)
+
+    def linear(x, w, b=None):
+        seen.append(w.data_ptr())
+        return real_linear(x, w, b)
+
+    def ref(x, wt, b, tau):
+        seen.append(wt.data_ptr())
+        return real_ref(x, wt, b, tau)
+
+    monkeypatch.setattr(bg, "GemvPlan", Plan)
+    monkeypatch.setattr(bg, "reference_gemv", ref)
+    monkeypatch.setattr(bg, "F", type("F", (), {"linear": staticmethod(linear)}))
+    bg.bench_gemv([(64, 256)], [0.5], ["float32"], repeats=4, progress=False, pool_bytes=2**20)
+    assert len(seen) == 4 * 6 and all(a != b for a, b in zip(seen, seen[1:]))

@@ -63,7 +63,7 @@ def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: l
     for dname, (n_out, n_in) in tqdm(cases, desc="gemv", disable=not progress):
         dtype = DTYPES[dname]
         elsize = torch.tensor([], dtype=dtype).element_size()
-        copies = max(2, math.ceil(pool_bytes / (n_out * n_in * elsize)))
+        copies = max(8, math.ceil(pool_bytes / (n_out * n_in * elsize)))
         ws = [(torch.randn(n_out, n_in, generator=gen) / math.sqrt(n_in)).to(dtype) for _ in range(copies)]
         wts = [w.t().contiguous() for w in ws]
         xs = [torch.randn(n_in, generator=gen).to(dtype) for _ in range(16)]
@@ -73,17 +73,18 @@ def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: l
         for s in sparsities:
             tau = _tau(s)
             plans = [GemvPlan(wt, bias, tau, dtype) for wt in wts]
-            methods = {
-                "dense_F.linear": lambda i: F.linear(xs[i % 16].view(1, -1), ws[i % copies], bias),
-                "kernel": lambda i: plans[i % copies](xs[i % 16]),
-                "kernel_0pct": lambda i: plans0[i % copies](xs[i % 16]),
-                "torch_reference": lambda i: reference_gemv(xs[i % 16], wts[i % copies], bias, tau),
+            methods = {  # c: the weight copy of this call; no two calls in a row read the same copy (a cache-hot
+                # copy would read several times faster than memory allows)
+                "dense_F.linear": lambda i, c: F.linear(xs[i % 16].view(1, -1), ws[c], bias),
+                "kernel": lambda i, c: plans[c](xs[i % 16]),
+                "kernel_0pct": lambda i, c: plans0[c](xs[i % 16]),
+                "torch_reference": lambda i, c: reference_gemv(xs[i % 16], wts[c], bias, tau),
             }
             times: dict[str, list[float]] = {k: [] for k in methods}
             for i in range(repeats + 2):
-                for name, fn in methods.items():
+                for m, (name, fn) in enumerate(methods.items()):
                     t0 = time.perf_counter()
-                    fn(i)
+                    fn(i, (i * len(methods) + m) % copies)
                     dt = time.perf_counter() - t0
                     if i >= 2:  # two warm-up rounds
                         times[name].append(dt)
