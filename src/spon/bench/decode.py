@@ -231,6 +231,8 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
                                    progress=progress, compiled=compiled, llama=None if isinstance(llama, str) else llama)
         runs[dtype]["llama_cpp"] = ({"status": llama} if isinstance(llama, str) else
                                     {"status": "measured", "gguf": str(llama.gguf), "threads": llama.threads})
+        if not isinstance(llama, str):
+            llama.close()
         del dense_lm, sparse_lm, compiled, llama
     target = meta["sparsity"]["sparsity"] if meta else cfg.sparsity.sparsity
     res = {"benchmark": "decode", "model": {"name": cfg.model}, "artifact": cfg.artifact, "sparsity": target, "runs": runs,

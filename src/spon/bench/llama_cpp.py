@@ -11,6 +11,9 @@ the benchmark's row says so.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -43,11 +46,29 @@ def requantised_gguf(gguf: Path, dtype: str, llama_cpp) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.allow_requantize, params.pure = ftype, True, True
-    with atomic_file(target) as tmp:
+    with atomic_file(target) as tmp, _quiet_fds():
         rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params)
         if rc != 0:
             raise SponError(f"llama.cpp could not requantise {gguf} to {tag} (code {rc}); give --llama-gguf FILE")
     return target
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """llama.cpp's C code logs every tensor to the process's stdout/stderr: send both to /dev/null for the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 class LlamaCpp:
@@ -57,6 +78,10 @@ class LlamaCpp:
         self.gguf, self.threads = gguf, threads
         self.llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=512,
                                    verbose=False)
+
+    def close(self) -> None:
+        """Free the model now (llama-cpp-python's own finaliser fails at interpreter exit)."""
+        self.llm.close()
 
     def decode(self, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
         """(tokens, prefill seconds, decode seconds); decode time covers the new_tokens - 1 steps after the first token."""

@@ -117,14 +117,14 @@ def plot_decode(r: dict, out: Path) -> list[str]:
     """decode.png: tokens/s of each decode variant, per dtype."""
     plt = _plt()
     runs = r["runs"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     variants = list(next(iter(runs.values()))["tokens_per_s"])
     width = 0.8 / max(1, len(runs))
     for j, (dtype, run) in enumerate(runs.items()):
         xs = [i + j * width for i in range(len(variants))]
         ax.bar(xs, [run["tokens_per_s"][v] for v in variants], width, label=dtype)
     ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(variants))])
-    ax.set_xticklabels(variants, rotation=20, fontsize=8)
+    ax.set_xticklabels(variants, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("tokens / s (batch 1, greedy)")
     ax.set_title(f"{r['model']['name']} at {r['sparsity']:.0%} sparsity")
     ax.legend()
