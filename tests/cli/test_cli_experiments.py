@@ -114,6 +114,10 @@ def test_bench_decode_cli(capsys, model_folder, tmp_path):
     run = r["runs"]["float32"]
     assert run["backend"] == "cpu" and set(run["tokens_per_s"]) == {"dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense"}
     assert run["kernel_vs_masked_dense"]["identical"] and (out / "decode.png").is_file()
+    assert run["llama_cpp"]["status"].startswith(("not installed", "no GGUF of these weights"))  # a folder: no GGUF
+    code = main(["bench", "decode", "--model", str(model_folder), "--llama-gguf", "m.gguf", "--dtypes", "float32,bfloat16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err[-1].startswith("spon: error: --llama-gguf holds one precision")
 
 
 def test_diagnose_cli(capsys, model_folder, tmp_path):
@@ -240,3 +244,14 @@ def test_llama_cpp_row_says_why_it_is_missing_and_times_the_stream(monkeypatch, 
     monkeypatch.setattr("spon.bench.llama_cpp.time.perf_counter", lambda: next(clock))
     tokens, prefill, decode = llama.decode(torch.tensor([[5, 6, 7]]), 8)
     assert tokens == list(range(100, 108)) and prefill == 1.0 and decode == 7.0  # 7 steps after the first token
+
+
+def test_gpu_checks_script_says_it_needs_a_gpu():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "scripts" / "gpu_checks.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", "unused"], capture_output=True, text=True,
+                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "gpu_checks: no CUDA device here; run this on a GPU machine"
