@@ -20,7 +20,7 @@ from torch import nn
 
 from .decode_head import DecodeHead
 from .fold import fold_
-from .sparsify import set_attr, sparse_modules
+from .sparsify import _set_submodule, set_attr, sparse_modules
 
 __all__ = [
     "prepare_decode_", "compile_decode_", "masked_dense", "decode_backend", "decode_backends", "DecodeState", "input_major",
@@ -109,9 +109,7 @@ def _swap_head(model: nn.Module) -> None:
     head = get() if callable(get) else None
     if type(head) is not nn.Linear:
         return
-    name = next(n for n, m in model.named_modules() if m is head)
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, DecodeHead(head))
+    _set_submodule(model, next(n for n, m in model.named_modules() if m is head), DecodeHead(head))
 
 
 def compile_decode_(model: nn.Module, *, fullgraph: bool = True) -> nn.Module:

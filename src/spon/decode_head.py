@@ -29,9 +29,7 @@ class DecodeHead(nn.Module):
 
     def to_linear(self) -> nn.Linear:
         """A plain nn.Linear on the same parameters (no copy)."""
-        lin = nn.Linear.__new__(nn.Linear)
-        nn.Module.__init__(lin)
-        lin.in_features, lin.out_features = self.in_features, self.out_features
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         lin.weight, lin.bias = self.weight, self.bias
         return lin
 

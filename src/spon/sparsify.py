@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .config import SparsityConfig
+from .decode_head import DecodeHead
 from .errors import SponError
 from .sparse_activation import MLP_ACTIVATION, SparseActivation
 from .sparse_linear import SelectionRule, SparseLinear, is_linear
@@ -111,8 +112,6 @@ def unsparsify_(model: nn.Module) -> nn.Module:
         _set_submodule(model, name, mod.to_linear())
     for name, act in sparse_activations(model).items():
         _set_submodule(model, name, act.act)
-    from .decode_head import DecodeHead
-
     for name, head in [(n, m) for n, m in model.named_modules() if isinstance(m, DecodeHead)]:
         _set_submodule(model, name, head.to_linear())
     if hasattr(model, "spon_config"):

@@ -20,6 +20,7 @@ from collections import OrderedDict
 import torch
 
 from . import GemvPlan
+from .cpu import CpuKernel, cpu_kernel
 
 __all__ = ["sparse_gemv_op", "dense_gemv_op", "PLAN_CACHE_SIZE"]
 
@@ -27,17 +28,29 @@ PLAN_CACHE_SIZE = 4096  # prepared layers kept: every sparse linear of a 7B mode
 _plans: OrderedDict = OrderedDict()
 
 
+def _cached(key: tuple, build):
+    """The plan under `key`, built by `build()` on a miss; least recently used plans leave first."""
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = build()
+        if len(_plans) > PLAN_CACHE_SIZE:
+            _plans.popitem(last=False)
+    else:
+        _plans.move_to_end(key)
+    return plan
+
+
 def _plan(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor) -> GemvPlan:
     key = (wt.data_ptr(), wt._version, wt.shape, wt.dtype, None if bias is None else (bias.data_ptr(), bias._version),
            tau.data_ptr(), tau._version, x.dtype, x.device)  # no tensor value read: a lookup costs no sync
-    plan = _plans.get(key)
-    if plan is None:
+
+    def build():
         # holds wt, bias and tau: their storage cannot be reused for another tensor while the key is cached
-        plan = _plans[key] = GemvPlan(wt, bias, float(tau), x.dtype)
+        plan = GemvPlan(wt, bias, float(tau), x.dtype)
         plan.tau_tensor = tau
-        if len(_plans) > PLAN_CACHE_SIZE:
-            _plans.popitem(last=False)
-    return plan
+        return plan
+
+    return _cached(key, build)
 
 
 def sparse_gemv_op(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor) -> torch.Tensor:
@@ -51,17 +64,15 @@ def sparse_gemv_op(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None,
 
 def dense_gemv_op(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """W x + b for one token: x [..., in], w [out, in] (contiguous), bias [out] or None; [..., out] in x's dtype."""
-    from .cpu import CpuKernel, cpu_kernel
-
     key = ("dense", w.data_ptr(), w._version, w.shape, w.dtype, None if bias is None else (bias.data_ptr(), bias._version),
            x.dtype, x.device)
-    plan = _plans.get(key)
-    if plan is None:
+
+    def build():
         k = cpu_kernel() if x.device.type == "cpu" else None
         usable = k is not None and k.supports(w.dtype) and x.dtype in CpuKernel.IO and w.is_contiguous()
-        plan = _plans[key] = k.prepare_dense(w, bias, x.dtype) if usable else False
-        if len(_plans) > PLAN_CACHE_SIZE:
-            _plans.popitem(last=False)
+        return k.prepare_dense(w, bias, x.dtype) if usable else False  # False: F.linear
+
+    plan = _cached(key, build)
     if plan is False:
         return torch.nn.functional.linear(x, w, bias)
     return plan(x.reshape(-1).contiguous()).view(*x.shape[:-1], w.shape[0])
