@@ -55,6 +55,8 @@ def triton_gemv(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, ta
     import triton
 
     n_in, n_out = wt.shape
+    if x.dtype != torch.float32:  # torch compares a 16-bit x with tau rounded to x's dtype; so does GemvPlan
+        tau = float(torch.tensor(float(tau)).to(x.dtype))
     y = bias.float().clone() if bias is not None else torch.zeros(n_out, dtype=torch.float32, device=x.device)
     k_chunk = max(block_k, min(k_chunk, triton.next_power_of_2(n_in)))
     grid = (triton.cdiv(n_out, block_n), triton.cdiv(n_in, k_chunk))
