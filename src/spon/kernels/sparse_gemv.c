@@ -254,9 +254,10 @@ static void spon_dense_bf16_pairs(const void *x, const uint16_t *w, const float 
 #define SPON_DPBF16 1
 /* CPUs with AVX512-BF16 (built with -march=native, so decided at build time): vdpbf16ps adds x[2i] w[j,2i] +
  * x[2i+1] w[j,2i+1] into 16 fp32 lanes in one instruction, and a row's consecutive bf16 pairs are already its
- * pairs; for bf16 x and w with in % 32 == 0. Eight rows per pass. The Qwen2.5-0.5B head (151936x896): 18.5 ms against
- * 25.1 ms for the paired loop (two rows per pass: 20.5, four: 19.1). (On the input-major sparse kernel the rows must be interleaved first; measured only 4-10% there, so
- * not used.) It flushes denormals and sums in fp32 in another order than the loop. */
+ * pairs; for bf16 x and w with in % 32 == 0. Eight rows per pass. The Qwen2.5-0.5B head (151936x896): 18.5 ms
+ * against 25.1 ms for the paired loop (two rows per pass: 20.5, four: 19.1). On the input-major sparse kernel the
+ * rows must be interleaved first: measured only 4-10% there, so not used. It flushes denormals and sums in fp32 in
+ * another order than the loop. */
 static void spon_dense_bf16_dp(const uint16_t *x, const uint16_t *w, const float *bias, uint16_t *y, int64_t in,
                                int64_t out, int nthreads) {
     int64_t groups = (out + 7) / 8;
