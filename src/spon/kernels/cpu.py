@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_kernel", "CpuKernel", "PreparedGemv", "Scratch", "kernel_cache_dir"]
+__all__ = ["cpu_kernel", "CpuKernel", "PreparedGemv", "Scratch", "kernel_cache_dir", "cpu_operator_library"]
 
 SOURCE = Path(__file__).with_name("sparse_gemv.c")
+OP_SOURCE = Path(__file__).with_name("op_cpu.cpp")  # the operators' CPU implementations in C++
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 
 
@@ -36,24 +37,46 @@ def _cpu_id() -> str:
     return platform.machine() + flags
 
 
-def _build(cc: str) -> Path:
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join([cc, *FLAGS]).encode() + _cpu_id().encode()).hexdigest()[:16]
-    lib = kernel_cache_dir() / f"spon_gemv-{key}.so"
+def _compile(stem: str, key_material: bytes, command: list[str]) -> Path:
+    """Run `command` + ["-o", tmp] once per key into the cache; the library's path. Atomic: concurrent builders
+    never load a half-written library."""
+    lib = kernel_cache_dir() / f"{stem}-{hashlib.sha256(key_material).hexdigest()[:16]}.so"
     if lib.is_file():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([*command, "-o", tmp], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            raise RuntimeError((proc.stderr.strip().splitlines() or ["unknown error"])[-1])
-        os.replace(tmp, lib)  # atomic: concurrent builders never load a half-written library
+            errors = [line for line in proc.stderr.strip().splitlines() if "error" in line] or proc.stderr.strip().splitlines()
+            raise RuntimeError((errors or ["unknown error"])[-1])
+        os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return lib
+
+
+def _build(cc: str) -> Path:
+    key = SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode() + _cpu_id().encode()
+    return _compile("spon_gemv", key, [cc, *FLAGS, str(SOURCE), "-lm"])
+
+
+def cpu_operator_library(kernel: "CpuKernel") -> Path:
+    """op_cpu.cpp built against this torch and linked to `kernel`'s library (about 15 s, once per machine and torch):
+    the operators' CPU implementations without Python in the call. Raises RuntimeError where it cannot be built."""
+    from torch.utils import cpp_extension
+
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise RuntimeError("no C++ compiler (g++ or c++) on PATH")
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    command = [cxx, "-O2", "-std=c++20", "-shared", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+               *[f"-I{p}" for p in cpp_extension.include_paths()], str(OP_SOURCE), str(kernel.path),
+               f"-Wl,-rpath,{kernel.path.parent}", *[f"-L{p}" for p in cpp_extension.library_paths()], "-ltorch_cpu", "-lc10"]
+    key = OP_SOURCE.read_bytes() + " ".join(command).encode() + torch.__version__.encode()
+    return _compile("spon_op", key, command)
 
 
 class CpuKernel:
