@@ -22,6 +22,7 @@ __all__ = ["cpu_kernel", "CpuKernel", "PreparedGemv", "Scratch", "kernel_cache_d
 
 SOURCE = Path(__file__).with_name("sparse_gemv.c")
 OP_SOURCE = Path(__file__).with_name("op_cpu.cpp")  # the operators' CPU implementations in C++
+HEADER = Path(__file__).with_name("spon_plan.h")  # the prepared call both include
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 
 
@@ -59,7 +60,7 @@ def _compile(stem: str, key_material: bytes, command: list[str]) -> Path:
 
 
 def _build(cc: str) -> Path:
-    key = SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode() + _cpu_id().encode()
+    key = SOURCE.read_bytes() + HEADER.read_bytes() + " ".join([cc, *FLAGS]).encode() + _cpu_id().encode()
     return _compile("spon_gemv", key, [cc, *FLAGS, str(SOURCE), "-lm"])
 
 
@@ -75,7 +76,7 @@ def cpu_operator_library(kernel: "CpuKernel") -> Path:
     command = [cxx, "-O2", "-std=c++20", "-shared", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
                *[f"-I{p}" for p in cpp_extension.include_paths()], str(OP_SOURCE), str(kernel.path),
                f"-Wl,-rpath,{kernel.path.parent}", *[f"-L{p}" for p in cpp_extension.library_paths()], "-ltorch_cpu", "-lc10"]
-    key = OP_SOURCE.read_bytes() + " ".join(command).encode() + torch.__version__.encode()
+    key = OP_SOURCE.read_bytes() + HEADER.read_bytes() + " ".join(command).encode() + torch.__version__.encode()
     return _compile("spon_op", key, command)
 
 
@@ -119,7 +120,7 @@ class CpuKernel:
         return float(self.lib.spon_read_sum(buf.data_ptr(), buf.numel(), threads or torch.get_num_threads()))
 
 
-class _Plan(ctypes.Structure):  # mirrors spon_plan in sparse_gemv.c
+class _Plan(ctypes.Structure):  # mirrors spon_plan in spon_plan.h
     _fields_ = [("wt", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("acc", ctypes.c_void_p), ("idx", ctypes.c_void_p),
                 ("val", ctypes.c_void_p), ("n_in", ctypes.c_int64), ("n_out", ctypes.c_int64), ("tau", ctypes.c_float),
                 ("nthreads", ctypes.c_int), ("io_bf16", ctypes.c_int), ("w_bf16", ctypes.c_int)]

@@ -14,20 +14,7 @@
 
 #include <vector>
 
-extern "C" {
-typedef struct {  // mirrors spon_plan in sparse_gemv.c
-    const void *wt;
-    const float *bias;
-    float *acc;
-    int64_t *idx;
-    float *val;
-    int64_t in, out;
-    float tau;
-    int nthreads, io_bf16, w_bf16;
-} spon_plan;
-int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y);
-void spon_dense_plan(const spon_plan *p, const void *x, void *y);
-}
+#include "spon_plan.h"
 
 namespace {
 

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <omp.h>
 
+#include "spon_plan.h"
+
 #define LINE 64 /* bytes in a cache line: the prefetch step */
 
 static inline float bf16(uint16_t v) {
@@ -279,19 +281,8 @@ static void spon_dense_bf16_dp(const uint16_t *x, const uint16_t *w, const float
 }
 #endif
 
-/* The binding's one entry: a layer's call prepared once (spon/kernels/cpu.py mirrors this struct), so a
- * decode step passes three pointers instead of thirteen arguments. */
-typedef struct {
-    const void *wt;
-    const float *bias;
-    float *acc;
-    int64_t *idx;
-    float *val;
-    int64_t in, out;
-    float tau;
-    int nthreads, io_bf16, w_bf16;
-} spon_plan;
-
+/* The binding's one entry: a layer's call prepared once (spon_plan.h), so a decode step passes three pointers
+ * instead of thirteen arguments. */
 int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y) {
     if (p->w_bf16 && p->out % 2 == 0)
         return spon_gemv_bf16_pairs(x, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau,

@@ -1,0 +1,26 @@
+/* One layer's kernel call, prepared once: shared by sparse_gemv.c, its C++ operator (op_cpu.cpp) and the ctypes
+ * binding (cpu.py's _Plan mirrors it field by field). */
+#ifndef SPON_PLAN_H
+#define SPON_PLAN_H
+#include <stdint.h>
+
+typedef struct {
+    const void *wt;
+    const float *bias;
+    float *acc;
+    int64_t *idx;
+    float *val;
+    int64_t in, out;
+    float tau;
+    int nthreads, io_bf16, w_bf16;
+} spon_plan;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y);
+void spon_dense_plan(const spon_plan *p, const void *x, void *y);
+#ifdef __cplusplus
+}
+#endif
+#endif
