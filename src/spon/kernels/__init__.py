@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .cpu import cpu_kernel
-from .reference import reference_gemv
+from .reference import reference_gemv, threshold_for
 
 __all__ = ["sparse_gemv", "reference_gemv", "cpu_kernel", "backend_for", "GemvPlan"]
 
@@ -35,9 +35,7 @@ class GemvPlan:
     def __init__(self, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype):
         self.wt, self.dtype = wt, dtype
         self.backend = backend_for(torch.empty(0, device=wt.device), wt)
-        if dtype != torch.float32:  # torch compares a 16-bit x with tau rounded to x's dtype; so do the kernels
-            tau = float(torch.tensor(float(tau)).to(dtype))
-        self.tau = float(tau)
+        self.tau = threshold_for(tau, dtype)
         if self.backend == "cpu":
             kernel = cpu_kernel()
             self.direct = dtype in kernel.IO  # x read and y written by the kernel itself

@@ -30,6 +30,12 @@ struct Scratch {
 };
 thread_local Scratch scratch;
 
+// The kernel reads a float32 bias: a 16-bit one is converted (undefined: no bias).
+at::Tensor float_bias(const c10::optional<at::Tensor> &bias) {
+    if (!bias.has_value()) return at::Tensor();
+    return bias->scalar_type() == at::kFloat ? bias->contiguous() : bias->to(at::kFloat).contiguous();
+}
+
 std::vector<int64_t> out_shape(const at::Tensor &x, int64_t out) {
     std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
     s.back() = out;
@@ -53,8 +59,7 @@ at::Tensor sparse_gemv_cpu(const at::Tensor &x, const at::Tensor &wt, const c10:
     else if (x.scalar_type() == at::kHalf) t = static_cast<float>(c10::Half(t));
     if (!readable(x) || !readable(wt) || !wt.is_contiguous() || x.numel() != in)
         return sparse_gemv_reference(x, wt, bias, t);
-    at::Tensor xc = x.contiguous(), b;
-    if (bias.has_value()) b = bias->scalar_type() == at::kFloat ? bias->contiguous() : bias->to(at::kFloat).contiguous();
+    at::Tensor xc = x.contiguous(), b = float_bias(bias);
     int threads = at::get_num_threads();
     scratch.fit(in, (int64_t)threads * out);
     at::Tensor y = at::empty(out_shape(x, out), x.options());
@@ -67,8 +72,7 @@ at::Tensor sparse_gemv_cpu(const at::Tensor &x, const at::Tensor &wt, const c10:
 at::Tensor dense_gemv_cpu(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &bias) {
     int64_t out = w.size(0), in = w.size(1);
     if (!readable(x) || !readable(w) || !w.is_contiguous() || x.numel() != in) return at::linear(x, w, bias);
-    at::Tensor xc = x.contiguous(), b;
-    if (bias.has_value()) b = bias->scalar_type() == at::kFloat ? bias->contiguous() : bias->to(at::kFloat).contiguous();
+    at::Tensor xc = x.contiguous(), b = float_bias(bias);
     int threads = at::get_num_threads();
     scratch.fit(in, 0);
     at::Tensor y = at::empty(out_shape(x, out), x.options());

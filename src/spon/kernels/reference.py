@@ -6,7 +6,13 @@ import torch
 
 from ..selection import keep_mask
 
-__all__ = ["reference_gemv"]
+__all__ = ["reference_gemv", "threshold_for"]
+
+
+def threshold_for(tau: float, dtype: torch.dtype) -> float:
+    """tau as the comparison |x| > tau sees it for an x of `dtype`: torch compares a 16-bit x with tau rounded to x's
+    dtype, so every kernel does the same."""
+    return float(tau) if dtype == torch.float32 else float(torch.tensor(float(tau)).to(dtype))
 
 
 def reference_gemv(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: float) -> torch.Tensor:

@@ -33,6 +33,28 @@ static inline uint16_t to_bf16(float f) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+/* y[j] = v, in y's dtype (bf16 rounded to nearest-even, like torch). */
+static inline void put(void *y, int64_t j, float v, int io_bf16) {
+    if (io_bf16) ((uint16_t *)y)[j] = to_bf16(v);
+    else ((float *)y)[j] = v;
+}
+
+/* Inside the sparse kernels' parallel region, after the barrier: thread t of T sums the threads' partial
+ * accumulators (acc_all: T * out floats) and the bias into its slice of y. half = 0: output j sits at j; half > 0
+ * (the paired bf16 loop): even outputs at j / 2, odd ones at half + j / 2. */
+static void sum_shares(const float *acc_all, const float *bias, void *y, int io_bf16, int64_t out, int64_t half, int t,
+                       int T) {
+    int64_t chunk = (out + T - 1) / T;
+    int64_t j0 = t * chunk < out ? t * chunk : out;
+    int64_t j1 = j0 + chunk < out ? j0 + chunk : out;
+    for (int64_t j = j0; j < j1; ++j) {
+        int64_t slot = half == 0 ? j : (j & 1) ? half + j / 2 : j / 2;
+        float s = bias ? bias[j] : 0.0f;
+        for (int u = 0; u < T; ++u) s += acc_all[(int64_t)u * out + slot];
+        put(y, j, s, io_bf16);
+    }
+}
+
 static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int64_t *idx, float *val) {
     int64_t nnz = 0;
     if (x_bf16) {
@@ -86,15 +108,7 @@ static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int
                 _Pragma("omp simd") for (int64_t j = 0; j < out; ++j) acc[j] += a0 * LOAD(r0[j]);              \
             }                                                                                                  \
             _Pragma("omp barrier")                                                                             \
-            int64_t chunk = (out + T - 1) / T;                                                                 \
-            int64_t j0 = t * chunk < out ? t * chunk : out;                                                    \
-            int64_t j1 = j0 + chunk < out ? j0 + chunk : out;                                                  \
-            for (int64_t j = j0; j < j1; ++j) {                                                                \
-                float s = bias ? bias[j] : 0.0f;                                                               \
-                for (int u = 0; u < T; ++u) s += acc_all[(int64_t)u * out + j];                                \
-                if (io_bf16) ((uint16_t *)y)[j] = to_bf16(s);                                                   \
-                else ((float *)y)[j] = s;                                                                      \
-            }                                                                                                  \
+            sum_shares(acc_all, bias, y, io_bf16, out, 0, t, T);                                               \
         }                                                                                                      \
         return nnz;                                                                                            \
     }
@@ -152,16 +166,7 @@ static int64_t spon_gemv_bf16_pairs(const void *x, const uint16_t *wt, const flo
             }
         }
         _Pragma("omp barrier")
-        int64_t chunk = (out + T - 1) / T;
-        int64_t j0 = t * chunk < out ? t * chunk : out;
-        int64_t j1 = j0 + chunk < out ? j0 + chunk : out;
-        for (int64_t j = j0; j < j1; ++j) {
-            int64_t slot = (j & 1) ? h + j / 2 : j / 2;
-            float s = bias ? bias[j] : 0.0f;
-            for (int u = 0; u < T; ++u) s += acc_all[(int64_t)u * out + slot];
-            if (io_bf16) ((uint16_t *)y)[j] = to_bf16(s);
-            else ((float *)y)[j] = s;
-        }
+        sum_shares(acc_all, bias, y, io_bf16, out, h, t, T);
     }
     return nnz;
 }
@@ -200,11 +205,7 @@ static int64_t spon_gemv_bf16_pairs(const void *x, const uint16_t *wt, const flo
                     s[u] = su;                                                                             \
                 }                                                                                          \
             }                                                                                              \
-            for (int64_t u = 0; u < n; ++u) {                                                              \
-                float v = s[u] + (bias ? bias[j0 + u] : 0.0f);                                             \
-                if (io_bf16) ((uint16_t *)y)[j0 + u] = to_bf16(v);                                          \
-                else ((float *)y)[j0 + u] = v;                                                             \
-            }                                                                                              \
+            for (int64_t u = 0; u < n; ++u) put(y, j0 + u, s[u] + (bias ? bias[j0 + u] : 0.0f), io_bf16);  \
         }                                                                                                  \
     }
 
@@ -243,11 +244,7 @@ static void spon_dense_bf16_pairs(const void *x, const uint16_t *w, const float 
                 s[u] = su;
             }
         }
-        for (int64_t u = 0; u < n; ++u) {
-            float v = s[u] + (bias ? bias[j0 + u] : 0.0f);
-            if (io_bf16) ((uint16_t *)y)[j0 + u] = to_bf16(v);
-            else ((float *)y)[j0 + u] = v;
-        }
+        for (int64_t u = 0; u < n; ++u) put(y, j0 + u, s[u] + (bias ? bias[j0 + u] : 0.0f), io_bf16);
     }
 }
 

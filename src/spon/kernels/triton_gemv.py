@@ -13,6 +13,8 @@ from functools import lru_cache
 
 import torch
 
+from .reference import threshold_for
+
 __all__ = ["triton_available", "triton_gemv"]
 
 
@@ -55,8 +57,7 @@ def triton_gemv(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, ta
     import triton
 
     n_in, n_out = wt.shape
-    if x.dtype != torch.float32:  # torch compares a 16-bit x with tau rounded to x's dtype; so does GemvPlan
-        tau = float(torch.tensor(float(tau)).to(x.dtype))
+    tau = threshold_for(tau, x.dtype)
     y = bias.float().clone() if bias is not None else torch.zeros(n_out, dtype=torch.float32, device=x.device)
     k_chunk = max(block_k, min(k_chunk, triton.next_power_of_2(n_in)))
     grid = (triton.cdiv(n_out, block_n), triton.cdiv(n_in, k_chunk))
