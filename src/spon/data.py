@@ -10,7 +10,7 @@ import torch
 
 from .errors import SponError
 
-__all__ = ["TextSplits", "load_splits", "load_eval_text", "tokenize", "sequences", "EMBEDDED", "STDLIB", "HUB_DATASETS", "PARTS"]
+__all__ = ["TextSplits", "load_splits", "interleave", "load_eval_text", "tokenize", "sequences", "EMBEDDED", "STDLIB", "HUB_DATASETS", "PARTS"]
 
 EMBEDDED = "pydoc"  # CPython's documentation topics (pydoc_data.topics): on every machine with Python
 STDLIB = "stdlib"  # CPython's own source code (top-level Lib/*.py): another domain, also on every machine
@@ -51,6 +51,15 @@ def assign_blocks(docs: dict[str, str]) -> list[tuple[str, int, str]]:
             bucket = int(hashlib.sha256(bkey.encode()).hexdigest(), 16) % SPLIT_BUCKETS
             out.append((bkey, 0 if bucket >= 4 else (1 if bucket >= 2 else 2), block))
     return out
+
+
+def interleave(texts: list[str]) -> str:
+    """The texts' blocks merged in proportion: block i of a text of n blocks sits at its relative position (i + 0.5) / n."""
+    keyed = []
+    for t, text in enumerate(texts):
+        blocks = [b for _, b in _blocks(str(t), text)]
+        keyed += [((i + 0.5) / len(blocks), t, b) for i, b in enumerate(blocks)]
+    return "\n\n".join(b for *_, b in sorted(keyed, key=lambda k: k[:2]))
 
 
 def split_documents(docs: dict[str, str]) -> tuple[str, str, str]:
@@ -126,14 +135,15 @@ def _hub_splits(name: str) -> tuple[str, str, str]:
 def load_splits(spec: str = EMBEDDED) -> TextSplits:
     """Text splits from `spec`: "pydoc" (embedded), "wikitext2" or "c4" (hub), or a local file/folder path.
 
-    "a+b" is a mixture: each split is a's split followed by b's (e.g. "pydoc+stdlib": both embedded corpora, twice
-    the held-out tokens, calibration and training on both domains).
+    "a+b" is a mixture: each split interleaves a's and b's splits block by block, in proportion to their lengths, so
+    that any prefix of it (the calibration tokens, the validation sequences) holds both domains in the same shares
+    as the whole (e.g. "pydoc+stdlib": both embedded corpora, twice the held-out tokens).
     """
     if "+" in spec and not Path(spec).exists():
         parts = [load_splits(p.strip()) for p in spec.split("+") if p.strip()]
-        source = {"name": spec, "description": " + ".join(p.source["description"] for p in parts),
+        source = {"name": spec, "description": " interleaved with ".join(p.source["description"] for p in parts),
                   "python": parts[0].source.get("python")}
-        return TextSplits(*("\n\n".join(getattr(p, f) for p in parts) for f in ("calibration", "validation", "evaluation")),
+        return TextSplits(*(interleave([getattr(p, f) for p in parts]) for f in ("calibration", "validation", "evaluation")),
                           source=source)
     if spec == EMBEDDED:
         cal, val, ev = split_documents(_pydoc_docs())

@@ -87,10 +87,16 @@ def test_sequences_with_and_without_bos():
     assert sequences(ids, 8, max_tokens=9).shape == (1, 8)
 
 
-def test_a_mixture_joins_each_split_of_its_parts():
+def test_a_mixture_interleaves_each_split_of_its_parts_in_proportion():
     pydoc, stdlib, both = spon.load_splits("pydoc"), spon.load_splits("stdlib"), spon.load_splits("pydoc+stdlib")
     for part in ("calibration", "validation", "evaluation"):
-        assert getattr(both, part) == getattr(pydoc, part) + "\n\n" + getattr(stdlib, part)
-    assert both.source["name"] == "pydoc+stdlib" and "standard library" in both.source["description"]
+        mixed, a, b = getattr(both, part), getattr(pydoc, part), getattr(stdlib, part)
+        assert sorted(mixed.split("\n\n")) == sorted((a + "\n\n" + b).split("\n\n"))  # every paragraph, once
+        share = len(b) / (len(a) + len(b))
+        for frac in (0.05, 0.2, 0.5):  # any prefix (what calibration and validation read) holds both in proportion
+            prefix = mixed[: int(frac * len(mixed))]
+            in_b = sum(len(p) for p in prefix.split("\n\n") if p in b)
+            assert abs(in_b / len(prefix) - share) < 0.1, (part, frac, in_b / len(prefix), share)
+    assert both.source["name"] == "pydoc+stdlib" and "interleaved with" in both.source["description"]
     text, source = spon.data.load_eval_text("pydoc+stdlib")
     assert text == both.evaluation and source["split"] == "evaluation"  # named corpora: their held-out parts
