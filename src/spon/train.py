@@ -35,6 +35,7 @@ class TrainResult:
     steps_run: int
     kept: str  # "trained", "start" (the starting vectors) or "zeros" (nothing beat zero vectors)
     stopped: str = ""  # why training stopped early, if it did
+    train_sequences: int = 0  # distinct training sequences drawn (fewer than asked when the text is short)
     history: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -202,6 +203,7 @@ def train_spon_(
             for p in (m.alpha, m.neurons, m.rates):
                 if p is not None:
                     p.requires_grad_(False)
+    result.train_sequences = len(train_seqs)
     return result
 
 

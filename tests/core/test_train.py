@@ -93,6 +93,15 @@ def test_exact_teacher_mode_trains_too():
     assert result.kept == "trained" and result.val_kl_best < 0.9 * result.val_kl_start
 
 
+def test_the_result_counts_the_distinct_training_sequences_drawn():
+    model, _ = calibrated("llama", 0.6)
+    train_ids, val_ids = streams()  # 1024 tokens: 16 sequences of 64
+    few = spon.TrainConfig(steps=2, batch_size=2, seq_len=64, eval_every=2, warmup=1, train_sequences=5)
+    assert spon.train_spon_(model, train_ids, val_ids, few, progress=False).train_sequences == 5
+    many = spon.TrainConfig(steps=2, batch_size=2, seq_len=64, eval_every=2, warmup=1, train_sequences=100)
+    assert spon.train_spon_(model, train_ids, val_ids, many, progress=False).train_sequences == 16  # all the text has
+
+
 def test_mean_dropped_is_the_mean_of_what_sparsity_removes():
     from spon.init import mean_dropped
 
