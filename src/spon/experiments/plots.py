@@ -33,6 +33,14 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
+def _yerr(rows: list[dict], key: str, scale: float = 1.0):
+    """Asymmetric error bars [[below...], [above...]] from each row's 95% interval ci95[key], or None if any lacks one."""
+    cis = [(x.get("ci95") or {}).get(key) for x in rows]
+    if not rows or any(ci is None or x.get(key) is None for ci, x in zip(cis, rows)):
+        return None
+    return [[(x[key] - ci[0]) * scale for ci, x in zip(cis, rows)], [(ci[1] - x[key]) * scale for ci, x in zip(cis, rows)]]
+
+
 def plot_sweep(r: dict, out: Path) -> list[str]:
     """perplexity.png, gap_recovered.png and spon_norms.png for a sweep report."""
     plt = _plt()
@@ -42,8 +50,10 @@ def plot_sweep(r: dict, out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.axhline(r["ppl_dense"], color="k", ls="--", label=f"dense ({r['ppl_dense']:.2f})")
-    ax.plot(s, [x["ppl_sparse"] for x in rows], "o-", label="sparse")
-    ax.plot([a for a, x in zip(s, rows) if x["ppl_spon"]], [x["ppl_spon"] for x in rows if x["ppl_spon"]], "s-", label="sparse + SPON")
+    ax.errorbar(s, [x["ppl_sparse"] for x in rows], yerr=_yerr(rows, "ppl_sparse"), fmt="o-", capsize=3, label="sparse")
+    spon = [(a, x) for a, x in zip(s, rows) if x["ppl_spon"]]
+    ax.errorbar([a for a, _ in spon], [x["ppl_spon"] for _, x in spon], yerr=_yerr([x for _, x in spon], "ppl_spon"),
+                fmt="s-", capsize=3, label="sparse + SPON")
     if r.get("iso_reference_ppl"):
         ax.axhline(r["iso_reference_ppl"], color="gray", lw=0.8)
         if r.get("iso_sparsity") is not None:
@@ -58,13 +68,13 @@ def plot_sweep(r: dict, out: Path) -> list[str]:
     names.append("perplexity.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    g = [(a, x["gap_recovered"] * 100) for a, x in zip(s, rows) if x["gap_recovered"] is not None]
-    ax.plot([a for a, _ in g], [b for _, b in g], "o-")
+    g = [(a, x["gap_recovered"] * 100, x) for a, x in zip(s, rows) if x["gap_recovered"] is not None]
+    ax.errorbar([a for a, _, _ in g], [b for _, b, _ in g], yerr=_yerr([x for _, _, x in g], "gap_recovered", 100), fmt="o-", capsize=3)
+    ax.set_title(f"{r['model']['name']} (bars: 95% paired-bootstrap intervals)" if g and _yerr([x for _, _, x in g], "gap_recovered") else r["model"]["name"])
     ax.set_xlabel("target sparsity (%)")
     ax.set_ylabel("perplexity gap recovered by SPON (%)")
-    ax.set_ylim(min(0, *[b for _, b in g]) if g else 0, 100)
+    ax.set_ylim(min(0, *[b - 10 for _, b, _ in g]) if g else 0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title(r["model"]["name"])
     _save(fig, out / "gap_recovered.png")
     plt.close(fig)
     names.append("gap_recovered.png")
@@ -172,14 +182,22 @@ def plot_compare(r: dict, out: Path) -> list[str]:
     rows = r["rows"]
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [x["ppl_sparse"] for x in rows], 0.4, label="sparse")
-    ax.bar([x + 0.2 for x in xs], [x["ppl_spon"] or 0 for x in rows], 0.4, label="sparse + SPON")
+    ax.bar([x - 0.2 for x in xs], [x["ppl_sparse"] for x in rows], 0.4, yerr=_yerr(rows, "ppl_sparse"), capsize=3, label="sparse")
+    spon = [x if x["ppl_spon"] else {**x, "ppl_spon": 0, "ci95": {}} for x in rows]
+    ax.bar([x + 0.2 for x in xs], [x["ppl_spon"] for x in spon], 0.4, yerr=_yerr(spon, "ppl_spon"), capsize=3, label="sparse + SPON")
+    for i, x in enumerate(rows):  # the paired figure: share of this method's own gap that SPON recovers
+        if x.get("gap_recovered") is not None:
+            ci = (x.get("ci95") or {}).get("gap_recovered")
+            label = f"{x['gap_recovered']:.0%}" + (f"\n[{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "")
+            top = ((x.get("ci95") or {}).get("ppl_spon") or [0, x["ppl_spon"]])[1]
+            ax.annotate(label, (i + 0.2, top), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=6)
     ax.axhline(r["ppl_dense"], color="k", ls="--", label=f"dense ({r['ppl_dense']:.2f})")
     ax.set_xticks(list(xs))
     ax.set_xticklabels([x["method"] for x in rows])
     ax.set_ylabel("held-out perplexity")
     ax.set_title(f"{r['model']['name']} at {r['sparsity']:.0%} sparsity")
-    ax.set_ylim(0, max(x["ppl_sparse"] for x in rows) * 1.3)  # headroom: the legend sits above the bars
+    top = max(max(x["ppl_sparse"], ((x.get("ci95") or {}).get("ppl_sparse") or [0, 0])[1]) for x in rows)
+    ax.set_ylim(0, top * 1.3)  # headroom: the legend sits above the bars
     ax.legend(loc="upper center", ncol=3, fontsize=8)
     _save(fig, out / "compare.png")
     plt.close(fig)
