@@ -10,14 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _with_ci(value, ci, fmt: str) -> str:
-    if value is None:
-        return "-"
-    text = format(value, fmt)
-    if ci:
-        text += f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
-    return text
+from spon.experiments.tables import with_ci
 
 
 def main(args: list[str]) -> None:
@@ -32,9 +25,9 @@ def main(args: list[str]) -> None:
         for row in r["rows"]:
             ci = row.get("ci95") or {}
             print(f"| {label} | {t['spon_on']} | {vectors} | {t['train_sequences']} | {row['sparsity']:.0%} | {tokens} | "
-                  f"{_with_ci(row['ppl_sparse'], ci.get('ppl_sparse'), '.3f')} | "
-                  f"{_with_ci(row['ppl_spon'], ci.get('ppl_spon'), '.3f')} | "
-                  f"{_with_ci(row['gap_recovered'], ci.get('gap_recovered'), '.1%')} | "
+                  f"{with_ci(row['ppl_sparse'], ci.get('ppl_sparse'), '.3f')} | "
+                  f"{with_ci(row['ppl_spon'], ci.get('ppl_spon'), '.3f')} | "
+                  f"{with_ci(row['gap_recovered'], ci.get('gap_recovered'), '.1%')} | "
                   f"{row['val_kl_start']:.4f} -> {row['val_kl_best']:.4f} |")
 
 

@@ -69,8 +69,9 @@ def plot_sweep(r: dict, out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     g = [(a, x["gap_recovered"] * 100, x) for a, x in zip(s, rows) if x["gap_recovered"] is not None]
-    ax.errorbar([a for a, _, _ in g], [b for _, b, _ in g], yerr=_yerr([x for _, _, x in g], "gap_recovered", 100), fmt="o-", capsize=3)
-    ax.set_title(f"{r['model']['name']} (bars: 95% paired-bootstrap intervals)" if g and _yerr([x for _, _, x in g], "gap_recovered") else r["model"]["name"])
+    gap_err = _yerr([x for _, _, x in g], "gap_recovered", 100)
+    ax.errorbar([a for a, _, _ in g], [b for _, b, _ in g], yerr=gap_err, fmt="o-", capsize=3)
+    ax.set_title(f"{r['model']['name']} (bars: 95% paired-bootstrap intervals)" if gap_err else r["model"]["name"])
     ax.set_xlabel("target sparsity (%)")
     ax.set_ylabel("perplexity gap recovered by SPON (%)")
     ax.set_ylim(min(0, *[b - 10 for _, b, _ in g]) if g else 0, 100)
