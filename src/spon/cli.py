@@ -167,9 +167,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from .distributed import init_from_env
+    from .distributed import init_from_env, shutdown
 
+    try:
         init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPUs)
         return run(args)
     except SponError as e:
@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spon: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown()  # leave the process group before exit: a live gloo group can abort at teardown
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ def test_resume_with_a_checkpoint_only_one_process_sees_fails_on_every_process(t
         except SponError as e:
             sys.stdout.write(f"error: {e}\\n")  # one write per process: the two lines cannot interleave
             sys.stdout.flush()
+        dd.shutdown()  # without it a process can abort at exit when its peer has gone first
     """)
     proc = subprocess.run([sys.executable, "-c", script], env={**_env(), "WORLD_SIZE": "1"}, capture_output=True, text=True)
     assert "passed" in proc.stdout  # one process that has it
@@ -175,3 +176,15 @@ def test_resume_with_a_checkpoint_only_one_process_sees_fails_on_every_process(t
     proc = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("only some processes see the checkpoint") == 2 and "passed" not in proc.stdout
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+def test_the_cli_leaves_the_process_group_before_exit(tmp_path, capsys):
+    """A gloo group alive at exit can abort a process whose peer left first: main() must destroy it, error or not."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    assert main(["eval", "--model", str(tmp_path / "missing")]) == 2  # an error path
+    assert not dist.is_initialized()
+    capsys.readouterr()
