@@ -172,6 +172,7 @@ def evaluate_variants(
         out["gap_recovered"] = gap_recovered(out["ppl_dense"], out["ppl_sparse"], out["ppl_spon"])
     out["windows"] = int(dense_scores.counts.numel())
     out["ci95"] = paired_bootstrap({k: v.nll for k, v in scores.items()}, dense_scores.counts, seed=seed)
+    out["per_window"] = {"tokens": dense_scores.counts.tolist(), "nll": {k: v.nll.tolist() for k, v in scores.items()}}
     out["bootstrap"] = {"samples": BOOTSTRAP_SAMPLES, "unit": "evaluation windows, resampled jointly for all variants",
                         "seed": seed}
     return out

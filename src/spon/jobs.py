@@ -91,7 +91,8 @@ def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProto
     if not sparse_modules(lm.model):
         w = window_scores(lm.model, ids, protocol, bos, progress=progress, desc="dense")
         out = {"protocol": protocol.to_dict(), "bos": bos is not None, "ppl_dense": w.ppl, "tokens": w.tokens,
-               "windows": int(w.counts.numel()), "ci95": paired_bootstrap({"dense": w.nll}, w.counts)}
+               "windows": int(w.counts.numel()), "ci95": paired_bootstrap({"dense": w.nll}, w.counts),
+               "per_window": {"tokens": w.counts.tolist(), "nll": {"dense": w.nll.tolist()}}}
     else:
         out = evaluate_variants(lm.model, ids, protocol, bos, progress=progress)
     out["data"] = source

@@ -6,7 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..atomic import ensure_writable_dir, write_text
+from ..bootstrap import paired_ratio
 from ..config import SparsityConfig, opt
 from ..errors import SponError
 from .plots import plot_compare
@@ -54,7 +57,10 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
             row.update(kept=p["training"]["result"]["kept"], train_seconds=p["training"]["seconds"])
         row.update(ppl_sparse=m["ppl_sparse"], ppl_spon=m.get("ppl_spon"), gap_recovered=m["gap_recovered"], ci95=m["ci95"],
                    sparsity_measured=m["sparsity_measured"], sparsity_measured_entries=m["sparsity_measured_entries"])
+        row["window_nll"] = {k: v for k, v in m["per_window"]["nll"].items() if k != "dense"}  # dense: once, in the header
+        report.setdefault("window_tokens", m["per_window"]["tokens"])
         report["rows"].append(row)
+        versus_first(report)
         write_text(out / "compare.json", json.dumps(report, indent=2, default=str))
 
     run_points(cfg, points, add, spon=cfg.spon, progress=progress, desc="compare")
@@ -64,20 +70,36 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
     return report
 
 
+def versus_first(r: dict) -> None:
+    """Each row's final perplexity (sparse+SPON, else sparse) over the first row's, with a paired interval (in place)."""
+    rows, tokens = r["rows"], torch.tensor(r["window_tokens"])
+    variant = "spon" if "spon" in rows[0]["window_nll"] else "sparse"
+    first = torch.tensor(rows[0]["window_nll"][variant], dtype=torch.float64)
+    for x in rows[1:]:
+        ratio, ci = paired_ratio(torch.tensor(x["window_nll"][variant], dtype=torch.float64), first, tokens)
+        x["vs_first"] = {"method": rows[0]["method"], "variant": variant, "ppl_ratio": ratio, "ci95": ci}
+
+
 def render_compare(r: dict) -> str:
     lines = [
         f"# spon compare: {r['model']['name']} at {r['sparsity']:.0%}", "",
         f"Dense perplexity {with_ci(r['ppl_dense'], r.get('ci95_dense'))} on the held-out split of {r['data']['description']} "
         f"({r['tokens']} tokens in {r.get('windows', '?')} windows, context {r['protocol']['ctx_len']}); tokens sparsified: "
         f"{r['tokens_sparsified']}. Brackets: 95% intervals from a paired bootstrap over the evaluation windows.", "",
-        "| method | sparse | sparse+SPON | gap recovered | measured sparsity (weighted / entries) | calibration s |",
-        "|---|---|---|---|---|---|",
+        "| method | sparse | sparse+SPON | gap recovered | perplexity / first row's | measured sparsity (weighted / entries) | calibration s |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for x in r["rows"]:
-        ci = x.get("ci95", {})
+    for i, x in enumerate(r["rows"]):
+        ci, vs = x.get("ci95", {}), x.get("vs_first")
+        ratio = with_ci(vs["ppl_ratio"], vs["ci95"]) if vs else "1 (reference)" if i == 0 and "window_nll" in x else "-"
         lines.append(f"| {x['method']} | {with_ci(x['ppl_sparse'], ci.get('ppl_sparse'))} | {with_ci(x.get('ppl_spon'), ci.get('ppl_spon'))} | "
-                     f"{with_ci(x.get('gap_recovered'), ci.get('gap_recovered'), '.1%')} | {x['sparsity_measured']:.1%} / "
-                     f"{x['sparsity_measured_entries']:.1%} | {x['calibration_seconds']} |")
+                     f"{with_ci(x.get('gap_recovered'), ci.get('gap_recovered'), '.1%')} | {ratio} | "
+                     f"{x['sparsity_measured']:.1%} / {x['sparsity_measured_entries']:.1%} | {x['calibration_seconds']} |")
+    if len(r["rows"]) > 1 and r["rows"][1].get("vs_first"):
+        v = r["rows"][1]["vs_first"]
+        lines += ["", f"Perplexity / first row's: each method's {'sparse+SPON' if v['variant'] == 'spon' else 'sparse'} perplexity over "
+                  f"{v['method']}'s, with a 95% interval from the same paired draw of windows (below 1: lower perplexity; an "
+                  "interval that excludes 1 is an ordering the held-out text supports)."]
     lines += ["", *[f"![{p}]({p})" for p in r.get("plots", [])], ""]
     return "\n".join(lines)
 
