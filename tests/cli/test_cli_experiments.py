@@ -2,8 +2,10 @@
 report, bench step / decode (each writes its JSON, Markdown and plots)."""
 
 import json
+import math
 
 import pytest
+import torch
 
 from conftest import needs_cc, random_text
 from spon.cli import main
@@ -28,6 +30,10 @@ def test_sweep_cli_writes_table_plots_and_artifacts(capsys, model_folder, tmp_pa
         assert (out / f"s{s}" / "artifact" / "spon_config.json").is_file()
     md = (out / "sweep.md").read_text()
     assert "Iso-perplexity sparsity" in md and "| 50% |" in md
+    tokens = torch.tensor(r["window_tokens"], dtype=torch.float64)  # the stored windows give back each perplexity
+    assert math.exp(sum(r["window_nll_dense"]) / tokens.sum()) == pytest.approx(r["ppl_dense"], rel=1e-6)
+    for row in r["rows"]:
+        assert math.exp(sum(row["window_nll"]["spon"]) / tokens.sum()) == pytest.approx(row["ppl_spon"], rel=1e-6)
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 

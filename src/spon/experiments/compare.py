@@ -13,7 +13,7 @@ from ..bootstrap import paired_ratio
 from ..config import SparsityConfig, opt
 from ..errors import SponError
 from .plots import plot_compare
-from .runner import ExperimentConfig, header, run_points
+from .runner import ExperimentConfig, header, run_points, window_nll
 from .tables import with_ci
 
 __all__ = ["compare", "METHODS", "CompareConfig", "run_compare", "render_compare"]
@@ -57,8 +57,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
             row.update(kept=p["training"]["result"]["kept"], train_seconds=p["training"]["seconds"])
         row.update(ppl_sparse=m["ppl_sparse"], ppl_spon=m.get("ppl_spon"), gap_recovered=m["gap_recovered"], ci95=m["ci95"],
                    sparsity_measured=m["sparsity_measured"], sparsity_measured_entries=m["sparsity_measured_entries"])
-        row["window_nll"] = {k: v for k, v in m["per_window"]["nll"].items() if k != "dense"}  # dense: once, in the header
-        report.setdefault("window_tokens", m["per_window"]["tokens"])
+        row["window_nll"] = window_nll(m)
         report["rows"].append(row)
         versus_first(report)
         write_text(out / "compare.json", json.dumps(report, indent=2, default=str))

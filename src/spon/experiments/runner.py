@@ -21,7 +21,7 @@ from ..models import LoadedModel, ModelArgs, load_model
 from ..sparsify import unsparsify_
 from ..jobs import calibrate_model, train_model
 
-__all__ = ["ModelArgs", "ExperimentConfig", "Session", "open_session", "run_point", "run_points"]
+__all__ = ["ModelArgs", "ExperimentConfig", "Session", "open_session", "run_point", "run_points", "window_nll"]
 
 
 @dataclass
@@ -110,5 +110,11 @@ def header(s: Session, cfg: ExperimentConfig, *, spon: bool = True) -> dict:
         "tokens_sparsified": cfg.sparsity.describe_tokens(), "train": cfg.train.to_dict() if spon else None,
         "calib_tokens": cfg.calib_tokens, "ppl_dense": s.ppl_dense, "tokens": s.tokens, "windows": int(s.dense.counts.numel()),
         "ci95_dense": paired_bootstrap({"dense": s.dense.nll}, s.dense.counts)["ppl_dense"], "dense_seconds": s.seconds["dense_eval"],
+        "window_tokens": s.dense.counts.tolist(), "window_nll_dense": s.dense.nll.tolist(),  # rows keep theirs: any pair can be checked
         "rows": [], "machine": machine(),
     }
+
+
+def window_nll(metrics: dict) -> dict[str, list[float]]:
+    """A point's per-window NLL of its sparse (and sparse+SPON) model; the dense one is in the header."""
+    return {k: v for k, v in metrics["per_window"]["nll"].items() if k != "dense"}

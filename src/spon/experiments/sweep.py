@@ -18,7 +18,7 @@ from ..errors import SponError
 from ..machine import describe_machine
 from ..sparsify import sparse_modules
 from .plots import plot_sweep
-from .runner import ExperimentConfig, header, run_points
+from .runner import ExperimentConfig, header, run_points, window_nll
 from .tables import with_ci
 
 __all__ = ["sweep", "SweepConfig", "run_sweep", "iso_sparsity", "spon_norms", "summarise", "seed_spread", "render_sweep"]
@@ -139,6 +139,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
             "kept": training["result"]["kept"],
             "val_kl_start": training["result"]["val_kl_start"], "val_kl_best": training["result"]["val_kl_best"],
             "train_seconds": training["seconds"], "seconds": p["seconds"]["total"], "spon_norms": spon_norms(session.lm.model),
+            "window_nll": window_nll(m),
         }
         report["rows" if train.seed == seeds[0] else "seed_rows"].append(row)  # the first seed's rows make the curves
         save_artifact(session.lm.model, out / f"s{label}" / "artifact", session.lm.identity, calibration=p["calibration"],
