@@ -25,6 +25,11 @@ def _interval(values: torch.Tensor, level: float) -> list[float]:
     return [lo, hi]
 
 
+def _draw(n: int, samples: int, seed: int) -> torch.Tensor:
+    """[samples, n] window indices drawn with replacement: one draw shared by every variant (paired)."""
+    return torch.randint(n, (samples, n), generator=torch.Generator().manual_seed(seed))
+
+
 def paired_bootstrap(nll: dict[str, torch.Tensor], tokens: torch.Tensor, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
                      level: float = 0.95) -> dict[str, list[float]]:
     """95% intervals of each variant's perplexity and, given "dense", "sparse" and "spon", of the gap recovered.
@@ -32,9 +37,7 @@ def paired_bootstrap(nll: dict[str, torch.Tensor], tokens: torch.Tensor, *, samp
     nll: variant -> summed negative log-likelihood per window [W]; tokens: scored tokens per window [W] (the same
     windows for every variant). Returns {"ppl_<variant>": [lo, hi], "gap_recovered": [lo, hi]}.
     """
-    n = tokens.numel()
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(n, (samples, n), generator=gen)  # the same draw for every variant: paired
+    idx = _draw(tokens.numel(), samples, seed)
     counts = tokens.double()[idx].sum(1)
     ppl = {k: torch.exp(v.double()[idx].sum(1) / counts) for k, v in nll.items()}
     out = {f"ppl_{k}": _interval(v, level) for k, v in ppl.items()}
@@ -53,7 +56,6 @@ def paired_ratio(nll_a: torch.Tensor, nll_b: torch.Tensor, tokens: torch.Tensor,
     """
     counts = tokens.double()
     ratio = math.exp((nll_a.double().sum() - nll_b.double().sum()).item() / counts.sum().item())
-    n = tokens.numel()
-    idx = torch.randint(n, (samples, n), generator=torch.Generator().manual_seed(seed))
+    idx = _draw(tokens.numel(), samples, seed)
     draws = torch.exp((nll_a.double()[idx].sum(1) - nll_b.double()[idx].sum(1)) / counts[idx].sum(1))
     return ratio, _interval(draws, level)

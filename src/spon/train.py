@@ -135,6 +135,21 @@ def validation_kl(model: nn.Module, teacher: Teacher, batch_size: int) -> float:
     return total / count
 
 
+def training_sequences(train_ids: torch.Tensor, config: TrainConfig, *, bos: int | None = None) -> torch.Tensor:
+    """The distinct training sequences [N, seq_len] `train_spon_` draws from a token stream (shuffled by the seed)."""
+    n_train = config.train_sequences or config.steps * config.batch_size
+    seqs = sequences(train_ids, config.seq_len, bos=bos)
+    return seqs[torch.randperm(len(seqs), generator=torch.Generator().manual_seed(config.seed))[:n_train]]
+
+
+INIT_TOKENS = 8192  # tokens the training-free start (--init mean-dropped) averages over
+
+
+def init_sequences(train_seqs: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, ...]:
+    """The batches of training sequences `--init mean-dropped` measures E[x - S(x)] on (the first INIT_TOKENS)."""
+    return train_seqs[: max(1, INIT_TOKENS // config.seq_len)].split(config.batch_size)
+
+
 def train_spon_(
     model: nn.Module,
     train_ids: torch.Tensor,
@@ -170,10 +185,7 @@ def train_spon_(
             "this model's SPON vectors are already folded into its biases (an exported model, or fold_ ran); train from the "
             "unfolded artifact instead (load_artifact / spon train --artifact ART on the base model)"
         )
-    n_train = config.train_sequences or config.steps * config.batch_size
-    train_seqs = sequences(train_ids, config.seq_len, bos=bos)
-    gen = torch.Generator().manual_seed(config.seed)
-    train_seqs = train_seqs[torch.randperm(len(train_seqs), generator=gen)[:n_train]]
+    train_seqs = training_sequences(train_ids, config, bos=bos)
     val_seqs = sequences(val_ids, config.seq_len, bos=bos)[: config.val_sequences]
     if len(train_seqs) < 1 or len(val_seqs) < 1:
         raise SponError(
@@ -186,7 +198,7 @@ def train_spon_(
         for p, _ in frozen:
             p.requires_grad_(False)
         if config.init == "mean-dropped":
-            init_alphas_(model, train_seqs[: max(1, 8192 // config.seq_len)].split(config.batch_size), progress=progress)
+            init_alphas_(model, init_sequences(train_seqs, config), progress=progress)
         alphas = spon_parameters_(model, config)
         val = Teacher(model, val_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (validation)")
         train = Teacher(model, train_seqs, config.teacher_topk, config.batch_size, progress=progress, desc="teacher (training)")

@@ -185,3 +185,16 @@ def test_calibration_progress_bar_knows_its_total(capsys):
     spon.sparsify_(model, cfg)
     spon.calibrate_(model, [random_ids(2, 32, seed=s) for s in range(3)], cfg, progress=True)
     assert "3/3" in capsys.readouterr().err
+
+
+def test_training_sequences_are_a_seeded_draw_of_distinct_whole_sequences():
+    from spon.train import init_sequences, training_sequences
+
+    ids = torch.arange(64 * 10)  # ten 64-token sequences, each recognisable by its first token
+    cfg = spon.TrainConfig(seq_len=64, train_sequences=6, batch_size=2, seed=1)
+    a, b = training_sequences(ids, cfg), training_sequences(ids, cfg)
+    assert torch.equal(a, b) and a.shape == (6, 64)
+    assert len(set(a[:, 0].tolist())) == 6 and all(int(r[0]) % 64 == 0 for r in a)  # whole, distinct sequences
+    assert not torch.equal(a, training_sequences(ids, spon.TrainConfig(seq_len=64, train_sequences=6, seed=2)))
+    batches = init_sequences(a, cfg)  # 8192 tokens would be 128 sequences: all six, in batches of two
+    assert [len(x) for x in batches] == [2, 2, 2] and torch.equal(torch.cat(batches), a)
