@@ -29,6 +29,10 @@ def test_custom_op_matches_the_reference_and_has_a_fake():
     torch.testing.assert_close(torch.ops.spon.sparse_gemv(x, wt, bias, tau), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.ops.spon.sparse_gemv(x, wt, None, tau), want - bias, atol=1e-5, rtol=1e-5)
     torch.library.opcheck(torch.ops.spon.sparse_gemv.default, (x, wt, bias, tau))
+    for other in (torch.tensor([0.5]), torch.tensor(0.5, dtype=torch.bfloat16), torch.tensor(0.5, dtype=torch.float64)):
+        torch.testing.assert_close(torch.ops.spon.sparse_gemv(x, wt, bias, other), want, atol=1e-5, rtol=1e-5)  # the
+        # threshold as stored by a [1]-shaped or converted buffer: read in place (float32, bf16) or through item()
+    assert torch.equal(torch.ops.spon.sparse_gemv(x, wt, bias, torch.tensor(10.0)), bias.expand(1, 1, 24))  # all dropped
     for dtype in (torch.bfloat16, torch.float16):  # 16-bit x: tau rounded to x's dtype (fp16: the plain-torch path)
         x16, wt16 = x.to(dtype), wt.to(dtype)
         want16 = ((x16.float() * (x16.abs() > torch.tensor(0.5).to(dtype))) @ wt16.float() + bias).to(dtype)
