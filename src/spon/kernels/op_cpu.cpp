@@ -51,14 +51,19 @@ at::Tensor sparse_gemv_reference(const at::Tensor &x, const at::Tensor &wt, cons
     return y.to(x.scalar_type()).view(out_shape(x, wt.size(1)));
 }
 
+// A float32 or bf16 threshold on the CPU is read in place: item() goes through the dispatcher (~2 us, 210 calls a token).
+float threshold(const at::Tensor &tau) {
+    if (tau.is_cpu() && tau.numel() == 1) {
+        if (tau.scalar_type() == at::kFloat) return *tau.const_data_ptr<float>();
+        if (tau.scalar_type() == at::kBFloat16) return static_cast<float>(*tau.const_data_ptr<c10::BFloat16>());
+    }
+    return tau.item<float>();
+}
+
 at::Tensor sparse_gemv_cpu(const at::Tensor &x, const at::Tensor &wt, const c10::optional<at::Tensor> &bias,
                            const at::Tensor &tau) {
     int64_t in = wt.size(0), out = wt.size(1);
-    // a float32 or bf16 threshold on the CPU is read in place: item() goes through the dispatcher (~2 us, 210 calls a token)
-    float t = !tau.is_cpu() || tau.numel() != 1  ? tau.item<float>()
-              : tau.scalar_type() == at::kFloat    ? *tau.const_data_ptr<float>()
-              : tau.scalar_type() == at::kBFloat16 ? static_cast<float>(*tau.const_data_ptr<c10::BFloat16>())
-                                                   : tau.item<float>();
+    float t = threshold(tau);
     if (x.scalar_type() == at::kBFloat16) t = static_cast<float>(c10::BFloat16(t));  // torch compares in x's dtype
     else if (x.scalar_type() == at::kHalf) t = static_cast<float>(c10::Half(t));
     if (!readable(x) || !readable(wt) || !wt.is_contiguous() || x.numel() != in)
