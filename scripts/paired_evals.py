@@ -8,6 +8,7 @@ differ window by window (below 1: A is better). Also accepts a `spon sweep` swee
 """
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -16,7 +17,7 @@ from spon.bootstrap import paired_ratio
 
 def windows(path: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """(tokens per window, NLL per window by variant, gap recovered) of an eval.json or a one-row sweep.json."""
-    d = json.load(open(path))
+    d = json.loads(Path(path).read_text())
     if "per_window" in d:
         tokens, nll, gap = d["per_window"]["tokens"], d["per_window"]["nll"], d.get("gap_recovered")
     elif "window_tokens" in d and len(d.get("rows", [])) == 1:
