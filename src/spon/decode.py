@@ -119,22 +119,32 @@ def _swap_head(model: nn.Module) -> None:
 COMPILE_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 
 
-def compile_decode_(model: nn.Module, *, fullgraph: bool = True) -> nn.Module:
+def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projections: bool = True) -> nn.Module:
     """Compile the model's forward with torch.compile and make `generate` use a static KV cache, in place.
 
     Works on any Hugging Face causal LM, sparse or not: a prepared sparse model's single-token steps are captured
     whole, the sparse GEMV as one custom operator (`torch.ops.spon.sparse_gemv`). The first calls compile (one graph
     for the prompt's length, one for single tokens); time them apart from decoding.
+
+    group_projections: sparse layers that read the same input (q/k/v; gate/up) take one operator call per group
+    (`kernels.grouping`, a graph pass; same results). It is registered for sparse models only (a dense graph has
+    nothing to group).
     """
+    options = dict(COMPILE_OPTIONS)
     if sparse_modules(model):
         from .kernels import op  # noqa: F401  the operator must exist before tracing
+
+        if group_projections:
+            from .kernels.grouping import GroupSparseGemvs
+
+            options["post_grad_custom_post_pass"] = GroupSparseGemvs()
 
     if getattr(model, "_spon_compiled", False):
         return model
     # every compiled model and switch (dense, without_spon, masked_dense) adds graphs to the same forward code object
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     # ints that change per step turn symbolic once; COMPILE_OPTIONS drop the per-call stride checks of every input
-    model.forward = torch.compile(model.forward, fullgraph=fullgraph, options=dict(COMPILE_OPTIONS))
+    model.forward = torch.compile(model.forward, fullgraph=fullgraph, options=options)
     model.generation_config.cache_implementation = "static"
     model._spon_compiled = True
     return model

@@ -42,6 +42,56 @@ def test_custom_op_matches_the_reference_and_has_a_fake():
     assert fake.shape == (1, 1, 24) and fake.dtype == x.dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_multi_operator_gives_each_layer_its_own_call(dtype):
+    """One call for layers that read the same x, each with its own threshold and bias (or none), odd and even widths,
+    gives bit for bit what each layer's own call gives (the kernel sums each layer's rows in the same order)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 1, 64, generator=g).to(dtype)
+    wt = [torch.randn(64, n, generator=g).to(dtype) for n in (48, 16, 33)]
+    bias = [torch.randn(48, generator=g), None, torch.randn(33, generator=g).to(dtype)]
+    tau = [torch.tensor(0.3), torch.tensor(0.9), torch.tensor(0.0)]
+    got = torch.ops.spon.sparse_gemv_multi(x, wt, bias, tau)
+    assert [y.shape for y in got] == [(1, 1, 48), (1, 1, 16), (1, 1, 33)] and all(y.dtype == dtype for y in got)
+    for y, w, b, t in zip(got, wt, bias, tau):
+        assert torch.equal(y, torch.ops.spon.sparse_gemv(x, w, b, t))
+    from spon.kernels.op import sparse_gemv_multi_op  # the Python implementation (CUDA, or no C++ build)
+
+    for y, want in zip(got, sparse_gemv_multi_op(x, wt, bias, tau)):
+        torch.testing.assert_close(y, want, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2)
+    strided = [w.t().contiguous().t() for w in wt]  # not input-major contiguous: the group goes one call at a time
+    for y, w, b, t in zip(torch.ops.spon.sparse_gemv_multi(x, strided, bias, tau), wt, bias, tau):
+        torch.testing.assert_close(y, torch.ops.spon.sparse_gemv(x, w, b, t), atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2)
+    torch.library.opcheck(torch.ops.spon.sparse_gemv_multi.default, (x, wt, bias, tau))
+
+
+def test_graph_pass_groups_calls_that_share_an_input_and_only_those():
+    from spon.kernels.grouping import group_sparse_gemvs
+
+    g = torch.Generator().manual_seed(2)
+    wq, wk, wo = (torch.randn(16, n, generator=g) for n in (16, 8, 16))
+    tau = torch.tensor(0.5)
+
+    def step(x):
+        q = torch.ops.spon.sparse_gemv(x, wq, None, tau)
+        k = torch.ops.spon.sparse_gemv(x, wk.t().contiguous().t().contiguous(), None, tau)  # its weight made after q's call
+        h = torch.relu(q)
+        return torch.ops.spon.sparse_gemv(h, wo, None, tau) + k.sum()  # another input: stays alone
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = torch.randn(1, 16, generator=g)
+    gm = make_fx(step)(x)  # operator overloads, as in the graphs inductor passes
+    want = step(x)
+    assert group_sparse_gemvs(gm.graph) == 1
+    gm.recompile()
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.spon.sparse_gemv_multi.default) == 1
+    assert targets.count(torch.ops.spon.sparse_gemv.default) == 1
+    assert torch.equal(gm(x), want)
+    assert group_sparse_gemvs(gm.graph) == 0  # nothing left to group
+
+
 def test_python_operator_implementation_serves_the_cpu_where_the_cpp_one_is_off():
     """SPON_PYTHON_OP=1 (or a failed C++ build) leaves the CPU to the Python implementations: same results."""
     import os
@@ -62,6 +112,9 @@ def test_python_operator_implementation_serves_the_cpu_where_the_cpp_one_is_off(
         "    torch.testing.assert_close(torch.ops.spon.sparse_gemv(x, wt, b, torch.tensor(0.5)), want, atol=2e-2, rtol=1e-2)\n"
         "    torch.testing.assert_close(torch.ops.spon.dense_gemv(x, wt.t().contiguous(), b), (x.float() @ wt.float() + b.float()).to(dt), atol=2e-2, rtol=1e-2)\n"
         "assert len(op._plans) == 4\n"
+        "ys = torch.ops.spon.sparse_gemv_multi(x, [wt, wt[:, :8].contiguous()], [b, None], [torch.tensor(0.5)] * 2)\n"
+        "torch.testing.assert_close(ys[0], want, atol=2e-2, rtol=1e-2)\n"
+        "torch.testing.assert_close(ys[1], (want.float() - b.float())[..., :8].to(dt), atol=3e-2, rtol=2e-2)\n"
         "print('ok')\n"
     )
     env = {**os.environ, "SPON_PYTHON_OP": "1",
@@ -70,20 +123,46 @@ def test_python_operator_implementation_serves_the_cpu_where_the_cpp_one_is_off(
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 
-def test_compiled_steps_equal_eager_steps(arch):
+def _layers_per_input(model, ids) -> list[int]:
+    """How many sparse layers read each distinct input tensor in one eager forward (q/k/v read one, gate/up another):
+    found by identity of the tensors the layers receive, apart from the graph the pass rewrites."""
+    inputs: list[torch.Tensor] = []  # held, so no id is reused within the forward
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for m in spon.sparse_modules(model).values()]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    counts: dict[int, int] = {}
+    for t in inputs:
+        counts[id(t)] = counts.get(id(t), 0) + 1
+    return list(counts.values())
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["grouped", "one-call-per-layer"])
+def test_compiled_steps_equal_eager_steps(arch, group):
     torch._dynamo.reset()
     model, _ = calibrated(arch)
     with_random_alphas(model)
     prepare_decode_(model)
     ids = random_ids(1, 6, seed=3)
     eager_tokens, eager_logits = _generate(model, ids)
-    compile_decode_(model)
+    per_input = _layers_per_input(model, ids)
+    assert sum(per_input) == len(spon.sparse_modules(model))
+    compile_decode_(model, group_projections=group)
     _generate(model, ids)  # compiles
     with torch.profiler.profile() as prof:
         tokens, logits = _generate(model, ids)
     calls = {e.key: e.count for e in prof.key_averages()}
     steps = 7  # the 8 tokens' single-token steps (the prompt's step is not one)
-    assert calls.get("spon::sparse_gemv") == steps * len(spon.sparse_modules(model))  # every sparse linear, every step
+    if group:  # one call per group of layers that share an input, one for each layer alone
+        assert calls.get("spon::sparse_gemv_multi", 0) == steps * sum(n > 1 for n in per_input)
+        assert calls.get("spon::sparse_gemv", 0) == steps * sum(n == 1 for n in per_input)
+        assert arch == "gpt2" or max(per_input) == 3  # q/k/v (GPT-2 computes them in one Conv1D already)
+    else:  # every sparse linear, every step
+        assert calls.get("spon::sparse_gemv") == steps * len(spon.sparse_modules(model))
+        assert "spon::sparse_gemv_multi" not in calls
     assert calls.get("spon::dense_gemv") == steps + 1  # the output head through the dense one (the prompt's last token too)
     assert torch.equal(tokens, eager_tokens)
     torch.testing.assert_close(logits, eager_logits, atol=1e-4, rtol=1e-4)

@@ -1,5 +1,7 @@
 """The sparse GEMV as a PyTorch operator, `torch.ops.spon.sparse_gemv`, so `torch.compile` captures a whole
-single-token step without graph breaks (a fake implementation gives the output's shape and dtype); and
+single-token step without graph breaks (a fake implementation gives the output's shape and dtype);
+`torch.ops.spon.sparse_gemv_multi`, the same for several layers that read one input (q/k/v; gate/up) in one call,
+which the compiled graph's pass (grouping.py) puts in place of their separate calls; and
 `torch.ops.spon.dense_gemv`, a dense single-token GEMV on nn.Linear's own [out, in] layout for the output head
 (the C kernel on the CPU, where torch's 16-bit GEMV reads memory at half the machine's speed; F.linear elsewhere).
 
@@ -28,7 +30,7 @@ import torch
 from . import GemvPlan
 from .cpu import CpuKernel, cpu_kernel, cpu_operator_library
 
-__all__ = ["sparse_gemv_op", "dense_gemv_op", "PLAN_CACHE_SIZE", "native_cpu"]
+__all__ = ["sparse_gemv_op", "sparse_gemv_multi_op", "dense_gemv_op", "PLAN_CACHE_SIZE", "native_cpu"]
 
 PLAN_CACHE_SIZE = 4096  # prepared layers kept: every sparse linear of a 7B model several times over
 _plans: OrderedDict = OrderedDict()
@@ -68,6 +70,13 @@ def sparse_gemv_op(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None,
     return y.view(*x.shape[:-1], wt.shape[1])
 
 
+def sparse_gemv_multi_op(x: torch.Tensor, wt: list[torch.Tensor], bias: list[torch.Tensor | None],
+                         tau: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Several layers that read the same one-token x: [sparse_gemv_op(x, wt[i], bias[i], tau[i]) for each i]. The C++
+    implementation runs them in one kernel call; this one (CUDA, or a CPU without the C++ build) one by one."""
+    return [sparse_gemv_op(x, w, b, t) for w, b, t in zip(wt, bias, tau, strict=True)]
+
+
 def dense_gemv_op(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """W x + b for one token: x [..., in], w [out, in] (contiguous), bias [out] or None; [..., out] in x's dtype."""
     key = ("dense", w.data_ptr(), w._version, w.shape, w.dtype, None if bias is None else (bias.data_ptr(), bias._version),
@@ -88,6 +97,10 @@ def _fake(x, wt, bias, tau):
     return x.new_empty((*x.shape[:-1], wt.shape[1]))
 
 
+def _fake_multi(x, wt, bias, tau):
+    return [x.new_empty((*x.shape[:-1], w.shape[1])) for w in wt]
+
+
 def _fake_dense(x, w, bias):
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
@@ -95,6 +108,7 @@ def _fake_dense(x, w, bias):
 _lib = torch.library.Library("spon", "DEF")  # noqa: TOR901  (kept alive for the process: the registration lives with it)
 _lib.define("sparse_gemv(Tensor x, Tensor wt, Tensor? bias, Tensor tau) -> Tensor")
 _lib.define("dense_gemv(Tensor x, Tensor w, Tensor? bias) -> Tensor")
+_lib.define("sparse_gemv_multi(Tensor x, Tensor[] wt, Tensor?[] bias, Tensor[] tau) -> Tensor[]")
 
 
 def _load_native_cpu() -> bool:
@@ -115,5 +129,7 @@ native_cpu = _load_native_cpu()  # True: the CPU dispatch key runs op_cpu.cpp
 for _key in ("CUDA",) if native_cpu else ("CPU", "CUDA"):
     _lib.impl("sparse_gemv", sparse_gemv_op, _key)
     _lib.impl("dense_gemv", dense_gemv_op, _key)
+    _lib.impl("sparse_gemv_multi", sparse_gemv_multi_op, _key)
 torch.library.register_fake("spon::sparse_gemv", _fake, lib=_lib)
 torch.library.register_fake("spon::dense_gemv", _fake_dense, lib=_lib)
+torch.library.register_fake("spon::sparse_gemv_multi", _fake_multi, lib=_lib)

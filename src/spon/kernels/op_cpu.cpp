@@ -1,4 +1,4 @@
-// The CPU implementations of torch.ops.spon.sparse_gemv and torch.ops.spon.dense_gemv in C++, so a call from a
+// The CPU implementations of torch.ops.spon.sparse_gemv, sparse_gemv_multi and dense_gemv in C++, so a call from a
 // compiled graph goes from the dispatcher straight to the C kernel (sparse_gemv.c, linked in) without entering
 // Python: measured 17 us a call through the Python implementation against a 4 us kernel call on a tiny layer,
 // which over 200-odd linears is milliseconds per token. Built by spon/kernels/op.py; where the build fails the
@@ -78,6 +78,46 @@ at::Tensor sparse_gemv_cpu(const at::Tensor &x, const at::Tensor &wt, const c10:
     return y;
 }
 
+// Layers that read the same x (grouped by the compiled graph's pass, kernels/grouping.py): one kernel call for all,
+// each with its own threshold, bias and scratch; what each gets equals its own sparse_gemv call. A layer the kernel
+// does not read sends the whole group through sparse_gemv_cpu one by one.
+std::vector<at::Tensor> sparse_gemv_multi_cpu(const at::Tensor &x, at::TensorList wt,
+                                              const c10::List<std::optional<at::Tensor>> &bias, at::TensorList tau) {
+    int64_t n = (int64_t)wt.size(), in = x.numel();
+    TORCH_CHECK(n == (int64_t)bias.size() && n == (int64_t)tau.size(), "sparse_gemv_multi: wt, bias and tau differ in length");
+    bool direct = n >= 1 && n <= SPON_MAX_GROUP && readable(x);
+    for (const at::Tensor &w : wt) direct = direct && readable(w) && w.is_contiguous() && w.size(0) == in;
+    std::vector<at::Tensor> ys;
+    if (!direct) {
+        for (int64_t s = 0; s < n; ++s) ys.push_back(sparse_gemv_cpu(x, wt[s], bias.get(s), tau[s]));
+        return ys;
+    }
+    int threads = at::get_num_threads();
+    int64_t outs = 0;
+    for (const at::Tensor &w : wt) outs += w.size(1);
+    scratch.fit(n * in, (int64_t)threads * outs);
+    at::Tensor xc = x.contiguous();
+    std::vector<at::Tensor> biases;
+    std::vector<spon_plan> plans(n);
+    std::vector<const spon_plan *> ptrs(n);
+    std::vector<void *> outputs(n);
+    for (int64_t s = 0, acc = 0; s < n; ++s) {
+        int64_t out = wt[s].size(1);
+        float t = threshold(tau[s]);
+        if (x.scalar_type() == at::kBFloat16) t = static_cast<float>(c10::BFloat16(t));
+        biases.push_back(float_bias(bias.get(s)));
+        ys.push_back(at::empty(out_shape(x, out), x.options()));
+        plans[s] = spon_plan{wt[s].data_ptr(), biases[s].defined() ? biases[s].data_ptr<float>() : nullptr,
+                             scratch.acc.data() + acc, scratch.idx.data() + s * in, scratch.val.data() + s * in, in, out,
+                             t, threads, x.scalar_type() == at::kBFloat16, wt[s].scalar_type() == at::kBFloat16};
+        ptrs[s] = &plans[s];
+        outputs[s] = ys[s].data_ptr();
+        acc += (int64_t)threads * out;
+    }
+    spon_gemv_multi(ptrs.data(), (int)n, xc.data_ptr(), outputs.data());
+    return ys;
+}
+
 at::Tensor dense_gemv_cpu(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &bias) {
     int64_t out = w.size(0), in = w.size(1);
     if (!readable(x) || !readable(w) || !w.is_contiguous() || x.numel() != in) return at::linear(x, w, bias);
@@ -96,4 +136,5 @@ at::Tensor dense_gemv_cpu(const at::Tensor &x, const at::Tensor &w, const c10::o
 TORCH_LIBRARY_IMPL(spon, CPU, m) {
     m.impl("sparse_gemv", sparse_gemv_cpu);
     m.impl("dense_gemv", dense_gemv_cpu);
+    m.impl("sparse_gemv_multi", sparse_gemv_multi_cpu);
 }

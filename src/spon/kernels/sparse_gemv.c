@@ -77,45 +77,35 @@ static int64_t select_kept(const void *x, int x_bf16, int64_t in, float tau, int
     return nnz;
 }
 
-/* Thread t adds its share of the kept rows (a contiguous range of them, so mostly ascending addresses the
- * prefetchers follow) into its own float32 accumulator acc_all + t*out; then the threads sum the partial
- * accumulators and the bias into y, each over a slice of the outputs. acc_all: nthreads * out floats.
- * Splitting rows rather than outputs reads whole rows: 10-25% faster on 135M-sized layers, where a
- * half row is only a few cache lines. */
-#define SPON_GEMV(NAME, WTYPE, LOAD)                                                                       \
-    static int64_t NAME(const void *x, const WTYPE *wt, const float *bias, void *y, int io_bf16,                   \
-                 float *acc_all, int64_t in, int64_t out, float tau, int64_t *idx, float *val, int nthreads) {   \
-        int64_t nnz = select_kept(x, io_bf16, in, tau, idx, val);                                             \
-        _Pragma("omp parallel num_threads(nthreads)") {                                                       \
-            int t = omp_get_thread_num(), T = omp_get_num_threads();                                           \
-            int64_t k = nnz * t / T, k1 = nnz * (t + 1) / T;                                                   \
-            float *acc = acc_all + (int64_t)t * out;                                                           \
-            memset(acc, 0, (size_t)out * sizeof(float));                                                       \
-            for (; k + 8 <= k1; k += 8) {                                                                      \
-                const WTYPE *r0 = wt + idx[k] * out, *r1 = wt + idx[k + 1] * out;                              \
-                const WTYPE *r2 = wt + idx[k + 2] * out, *r3 = wt + idx[k + 3] * out;                          \
-                const WTYPE *r4 = wt + idx[k + 4] * out, *r5 = wt + idx[k + 5] * out;                          \
-                const WTYPE *r6 = wt + idx[k + 6] * out, *r7 = wt + idx[k + 7] * out;                          \
-                float a0 = val[k], a1 = val[k + 1], a2 = val[k + 2], a3 = val[k + 3];                          \
-                float a4 = val[k + 4], a5 = val[k + 5], a6 = val[k + 6], a7 = val[k + 7];                      \
-                _Pragma("omp simd") for (int64_t j = 0; j < out; ++j) acc[j] +=                                \
-                    ((a0 * LOAD(r0[j]) + a1 * LOAD(r1[j])) + (a2 * LOAD(r2[j]) + a3 * LOAD(r3[j]))) +           \
-                    ((a4 * LOAD(r4[j]) + a5 * LOAD(r5[j])) + (a6 * LOAD(r6[j]) + a7 * LOAD(r7[j])));            \
-            }                                                                                                  \
-            for (; k < k1; ++k) {                                                                              \
-                const WTYPE *r0 = wt + idx[k] * out;                                                           \
-                float a0 = val[k];                                                                             \
-                _Pragma("omp simd") for (int64_t j = 0; j < out; ++j) acc[j] += a0 * LOAD(r0[j]);              \
-            }                                                                                                  \
-            _Pragma("omp barrier")                                                                             \
-            sum_shares(acc_all, bias, y, io_bf16, out, 0, t, T);                                               \
-        }                                                                                                      \
-        return nnz;                                                                                            \
+/* Thread t of T adds its share of one layer's kept rows (a contiguous range of them, so mostly ascending addresses
+ * the prefetchers follow) into its own float32 accumulator acc (out floats); after a barrier the threads sum the
+ * partial accumulators and the bias into y, each over a slice of the outputs (sum_shares). Splitting rows rather
+ * than outputs reads whole rows: 10-25% faster on 135M-sized layers, where a half row is only a few cache lines. */
+#define SPON_ADD_ROWS(NAME, WTYPE, LOAD)                                                                   \
+    static void NAME(const WTYPE *wt, int64_t out, const int64_t *idx, const float *val, int64_t k, int64_t k1,   \
+                     float *acc) {                                                                         \
+        memset(acc, 0, (size_t)out * sizeof(float));                                                       \
+        for (; k + 8 <= k1; k += 8) {                                                                      \
+            const WTYPE *r0 = wt + idx[k] * out, *r1 = wt + idx[k + 1] * out;                              \
+            const WTYPE *r2 = wt + idx[k + 2] * out, *r3 = wt + idx[k + 3] * out;                          \
+            const WTYPE *r4 = wt + idx[k + 4] * out, *r5 = wt + idx[k + 5] * out;                          \
+            const WTYPE *r6 = wt + idx[k + 6] * out, *r7 = wt + idx[k + 7] * out;                          \
+            float a0 = val[k], a1 = val[k + 1], a2 = val[k + 2], a3 = val[k + 3];                          \
+            float a4 = val[k + 4], a5 = val[k + 5], a6 = val[k + 6], a7 = val[k + 7];                      \
+            _Pragma("omp simd") for (int64_t j = 0; j < out; ++j) acc[j] +=                                \
+                ((a0 * LOAD(r0[j]) + a1 * LOAD(r1[j])) + (a2 * LOAD(r2[j]) + a3 * LOAD(r3[j]))) +           \
+                ((a4 * LOAD(r4[j]) + a5 * LOAD(r5[j])) + (a6 * LOAD(r6[j]) + a7 * LOAD(r7[j])));            \
+        }                                                                                                  \
+        for (; k < k1; ++k) {                                                                              \
+            const WTYPE *r0 = wt + idx[k] * out;                                                           \
+            float a0 = val[k];                                                                             \
+            _Pragma("omp simd") for (int64_t j = 0; j < out; ++j) acc[j] += a0 * LOAD(r0[j]);              \
+        }                                                                                                  \
     }
 
 #define AS_F32(v) (v)
-SPON_GEMV(spon_gemv_f32, float, AS_F32)
-SPON_GEMV(spon_gemv_bf16, uint16_t, bf16)
+SPON_ADD_ROWS(add_rows_f32, float, AS_F32)
+SPON_ADD_ROWS(add_rows_bf16, uint16_t, bf16)
 
 /* bf16 weights, even out: each 32-bit word of a row holds outputs 2j (low half) and 2j+1 (high half), and each
  * half widens to fp32 with one integer op (shift or mask) instead of a widening load per value. The bf16 kernel
@@ -127,50 +117,52 @@ SPON_GEMV(spon_gemv_bf16, uint16_t, bf16)
 static inline float lo_bf16(uint32_t w) { uint32_t u = w << 16; float f; memcpy(&f, &u, sizeof f); return f; }
 static inline float hi_bf16(uint32_t w) { uint32_t u = w & 0xffff0000u; float f; memcpy(&f, &u, sizeof f); return f; }
 
-static int64_t spon_gemv_bf16_pairs(const void *x, const uint16_t *wt, const float *bias, void *y, int io_bf16,
-                                    float *acc_all, int64_t in, int64_t out, float tau, int64_t *idx, float *val,
-                                    int nthreads) {
-    int64_t nnz = select_kept(x, io_bf16, in, tau, idx, val), h = out / 2;
-    _Pragma("omp parallel num_threads(nthreads)") {
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-        int64_t k = nnz * t / T, k1 = nnz * (t + 1) / T;
-        float *ae = acc_all + (int64_t)t * out, *ao = ae + h;
-        memset(ae, 0, (size_t)out * sizeof(float));
-        for (; k + 8 <= k1; k += 8) {
-            const uint32_t *r0 = (const uint32_t *)(wt + idx[k] * out), *r1 = (const uint32_t *)(wt + idx[k + 1] * out);
-            const uint32_t *r2 = (const uint32_t *)(wt + idx[k + 2] * out), *r3 = (const uint32_t *)(wt + idx[k + 3] * out);
-            const uint32_t *r4 = (const uint32_t *)(wt + idx[k + 4] * out), *r5 = (const uint32_t *)(wt + idx[k + 5] * out);
-            const uint32_t *r6 = (const uint32_t *)(wt + idx[k + 6] * out), *r7 = (const uint32_t *)(wt + idx[k + 7] * out);
-            float a0 = val[k], a1 = val[k + 1], a2 = val[k + 2], a3 = val[k + 3];
-            float a4 = val[k + 4], a5 = val[k + 5], a6 = val[k + 6], a7 = val[k + 7];
-            const uint32_t *nx[8];
-            for (int u = 0; u < 8; ++u) nx[u] = (const uint32_t *)(wt + idx[k + 8 + u < k1 ? k + 8 + u : k1 - 1] * out);
-            for (int64_t jb = 0; jb < h; jb += LINE / 4) {
-                int64_t je = jb + LINE / 4 < h ? jb + LINE / 4 : h;
-                for (int u = 0; u < 8; ++u) __builtin_prefetch(nx[u] + jb, 0, 3);
-                _Pragma("omp simd") for (int64_t j = jb; j < je; ++j) {
-                    uint32_t w0 = r0[j], w1 = r1[j], w2 = r2[j], w3 = r3[j], w4 = r4[j], w5 = r5[j], w6 = r6[j], w7 = r7[j];
-                    ae[j] += ((a0 * lo_bf16(w0) + a1 * lo_bf16(w1)) + (a2 * lo_bf16(w2) + a3 * lo_bf16(w3))) +
-                             ((a4 * lo_bf16(w4) + a5 * lo_bf16(w5)) + (a6 * lo_bf16(w6) + a7 * lo_bf16(w7)));
-                    ao[j] += ((a0 * hi_bf16(w0) + a1 * hi_bf16(w1)) + (a2 * hi_bf16(w2) + a3 * hi_bf16(w3))) +
-                             ((a4 * hi_bf16(w4) + a5 * hi_bf16(w5)) + (a6 * hi_bf16(w6) + a7 * hi_bf16(w7)));
-                }
+static void add_rows_bf16_pairs(const uint16_t *wt, int64_t out, const int64_t *idx, const float *val, int64_t k,
+                                int64_t k1, float *acc) {
+    int64_t h = out / 2;
+    float *ae = acc, *ao = acc + h;
+    memset(ae, 0, (size_t)out * sizeof(float));
+    for (; k + 8 <= k1; k += 8) {
+        const uint32_t *r0 = (const uint32_t *)(wt + idx[k] * out), *r1 = (const uint32_t *)(wt + idx[k + 1] * out);
+        const uint32_t *r2 = (const uint32_t *)(wt + idx[k + 2] * out), *r3 = (const uint32_t *)(wt + idx[k + 3] * out);
+        const uint32_t *r4 = (const uint32_t *)(wt + idx[k + 4] * out), *r5 = (const uint32_t *)(wt + idx[k + 5] * out);
+        const uint32_t *r6 = (const uint32_t *)(wt + idx[k + 6] * out), *r7 = (const uint32_t *)(wt + idx[k + 7] * out);
+        float a0 = val[k], a1 = val[k + 1], a2 = val[k + 2], a3 = val[k + 3];
+        float a4 = val[k + 4], a5 = val[k + 5], a6 = val[k + 6], a7 = val[k + 7];
+        const uint32_t *nx[8];
+        for (int u = 0; u < 8; ++u) nx[u] = (const uint32_t *)(wt + idx[k + 8 + u < k1 ? k + 8 + u : k1 - 1] * out);
+        for (int64_t jb = 0; jb < h; jb += LINE / 4) {
+            int64_t je = jb + LINE / 4 < h ? jb + LINE / 4 : h;
+            for (int u = 0; u < 8; ++u) __builtin_prefetch(nx[u] + jb, 0, 3);
+            _Pragma("omp simd") for (int64_t j = jb; j < je; ++j) {
+                uint32_t w0 = r0[j], w1 = r1[j], w2 = r2[j], w3 = r3[j], w4 = r4[j], w5 = r5[j], w6 = r6[j], w7 = r7[j];
+                ae[j] += ((a0 * lo_bf16(w0) + a1 * lo_bf16(w1)) + (a2 * lo_bf16(w2) + a3 * lo_bf16(w3))) +
+                         ((a4 * lo_bf16(w4) + a5 * lo_bf16(w5)) + (a6 * lo_bf16(w6) + a7 * lo_bf16(w7)));
+                ao[j] += ((a0 * hi_bf16(w0) + a1 * hi_bf16(w1)) + (a2 * hi_bf16(w2) + a3 * hi_bf16(w3))) +
+                         ((a4 * hi_bf16(w4) + a5 * hi_bf16(w5)) + (a6 * hi_bf16(w6) + a7 * hi_bf16(w7)));
             }
         }
-        for (; k < k1; ++k) {
-            const uint32_t *r0 = (const uint32_t *)(wt + idx[k] * out);
-            float a0 = val[k];
-            _Pragma("omp simd") for (int64_t j = 0; j < h; ++j) {
-                ae[j] += a0 * lo_bf16(r0[j]);
-                ao[j] += a0 * hi_bf16(r0[j]);
-            }
-        }
-        _Pragma("omp barrier")
-        sum_shares(acc_all, bias, y, io_bf16, out, h, t, T);
     }
-    return nnz;
+    for (; k < k1; ++k) {
+        const uint32_t *r0 = (const uint32_t *)(wt + idx[k] * out);
+        float a0 = val[k];
+        _Pragma("omp simd") for (int64_t j = 0; j < h; ++j) {
+            ae[j] += a0 * lo_bf16(r0[j]);
+            ao[j] += a0 * hi_bf16(r0[j]);
+        }
+    }
 }
 
+static int paired(const spon_plan *p) { return p->w_bf16 && p->out % 2 == 0; }
+
+/* Thread t of T: its share of plan p's nnz kept rows into its accumulator p->acc + t * out. */
+static void add_share(const spon_plan *p, int64_t nnz, int t, int T) {
+    int64_t k = nnz * t / T, k1 = nnz * (t + 1) / T;
+    float *acc = p->acc + (int64_t)t * p->out;
+    if (paired(p)) add_rows_bf16_pairs((const uint16_t *)p->wt, p->out, p->idx, p->val, k, k1, acc);
+    else if (p->w_bf16) add_rows_bf16((const uint16_t *)p->wt, p->out, p->idx, p->val, k, k1, acc);
+    else add_rows_f32((const float *)p->wt, p->out, p->idx, p->val, k, k1, acc);
+}
 
 /* Dense GEMV on an output-major matrix (w: [out, in], row j holds output j's weights): y = W x + b. For the
  * output head, whose weight is tied to the embeddings and stored this way, so it is read without a copy. x is
@@ -278,18 +270,30 @@ static void spon_dense_bf16_dp(const uint16_t *x, const uint16_t *w, const float
 }
 #endif
 
-/* The binding's one entry: a layer's call prepared once (spon_plan.h), so a decode step passes three pointers
- * instead of thirteen arguments. */
-int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y) {
-    if (p->w_bf16 && p->out % 2 == 0)
-        return spon_gemv_bf16_pairs(x, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau,
-                                    p->idx, p->val, p->nthreads);
-    if (p->w_bf16)
-        return spon_gemv_bf16(x, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau,
-                              p->idx, p->val, p->nthreads);
-    return spon_gemv_f32(x, (const float *)p->wt, p->bias, y, p->io_bf16, p->acc, p->in, p->out, p->tau, p->idx,
-                         p->val, p->nthreads);
+/* Several layers that read the same input x (a block's q/k/v, or gate/up) in one parallel region: one fork, one
+ * barrier and one call for the group instead of one each. Each plan keeps its own threshold, weights, bias and
+ * buffers (idx/val: in entries; acc: nthreads * out floats), and gets exactly the sums its single call gives. The
+ * threads are plans[0]'s. Returns the kept count of plans[0]. */
+int64_t spon_gemv_multi(const spon_plan *const *plans, int n, const void *x, void *const *ys) {
+    int64_t nnz[SPON_MAX_GROUP];
+    if (n < 1 || n > SPON_MAX_GROUP) return -1;
+    for (int s = 0; s < n; ++s)
+        nnz[s] = select_kept(x, plans[s]->io_bf16, plans[s]->in, plans[s]->tau, plans[s]->idx, plans[s]->val);
+    _Pragma("omp parallel num_threads(plans[0]->nthreads)") {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        for (int s = 0; s < n; ++s) add_share(plans[s], nnz[s], t, T);
+        _Pragma("omp barrier")
+        for (int s = 0; s < n; ++s) {
+            const spon_plan *p = plans[s];
+            sum_shares(p->acc, p->bias, ys[s], p->io_bf16, p->out, paired(p) ? p->out / 2 : 0, t, T);
+        }
+    }
+    return nnz[0];
 }
+
+/* The binding's one entry for a single layer: a call prepared once (spon_plan.h), so a decode step passes three
+ * pointers instead of thirteen arguments. */
+int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y) { return spon_gemv_multi(&p, 1, x, &y); }
 
 /* The output head's dense call, prepared the same way: wt is [out, in] here, val the widened input (in floats). */
 void spon_dense_plan(const spon_plan *p, const void *x, void *y) {

@@ -15,10 +15,13 @@ typedef struct {
     int nthreads, io_bf16, w_bf16;
 } spon_plan;
 
+#define SPON_MAX_GROUP 8 /* layers one spon_gemv_multi call takes (a block's q/k/v is 3) */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y);
+int64_t spon_gemv_multi(const spon_plan *const *plans, int n, const void *x, void *const *ys);
 void spon_dense_plan(const spon_plan *p, const void *x, void *y);
 #ifdef __cplusplus
 }
