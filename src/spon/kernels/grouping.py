@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-__all__ = ["GroupSparseGemvs", "group_sparse_gemvs", "MAX_GROUP"]
+__all__ = ["MAX_GROUP", "GroupSparseGemvs", "group_sparse_gemvs"]
 
 MAX_GROUP = 8  # SPON_MAX_GROUP in spon_plan.h: the most layers one call takes
 
