@@ -119,7 +119,7 @@ def _swap_head(model: nn.Module) -> None:
 COMPILE_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 
 
-def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projections: bool = True) -> nn.Module:
+def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projections: bool = False) -> nn.Module:
     """Compile the model's forward with torch.compile and make `generate` use a static KV cache, in place.
 
     Works on any Hugging Face causal LM, sparse or not: a prepared sparse model's single-token steps are captured
@@ -127,8 +127,10 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
     for the prompt's length, one for single tokens); time them apart from decoding.
 
     group_projections: sparse layers that read the same input (q/k/v; gate/up) take one operator call per group
-    (`kernels.grouping`, a graph pass; same results). It is registered for sparse models only (a dense graph has
-    nothing to group).
+    (`kernels.grouping`, a graph pass; same results), for sparse models only (a dense graph has nothing to group).
+    Off by default: measured on SmolLM2 (2026-11-30, `scripts/ab_grouping.py`) it saved ~9 us of call overhead per
+    group but no speed-up was resolved on the whole step (grouped / per layer 0.96 fp32, 0.99 bf16, rounds spreading
+    +-10%).
     """
     options = dict(COMPILE_OPTIONS)
     if sparse_modules(model):
