@@ -60,12 +60,18 @@ float threshold(const at::Tensor &tau) {
     return tau.item<float>();
 }
 
+// The threshold as torch compares it: rounded to x's dtype (|x| > tau runs in x's precision).
+float threshold_for(const at::Tensor &tau, const at::Tensor &x) {
+    float t = threshold(tau);
+    if (x.scalar_type() == at::kBFloat16) return static_cast<float>(c10::BFloat16(t));
+    if (x.scalar_type() == at::kHalf) return static_cast<float>(c10::Half(t));
+    return t;
+}
+
 at::Tensor sparse_gemv_cpu(const at::Tensor &x, const at::Tensor &wt, const c10::optional<at::Tensor> &bias,
                            const at::Tensor &tau) {
     int64_t in = wt.size(0), out = wt.size(1);
-    float t = threshold(tau);
-    if (x.scalar_type() == at::kBFloat16) t = static_cast<float>(c10::BFloat16(t));  // torch compares in x's dtype
-    else if (x.scalar_type() == at::kHalf) t = static_cast<float>(c10::Half(t));
+    float t = threshold_for(tau, x);
     if (!readable(x) || !readable(wt) || !wt.is_contiguous() || x.numel() != in)
         return sparse_gemv_reference(x, wt, bias, t);
     at::Tensor xc = x.contiguous(), b = float_bias(bias);
@@ -103,8 +109,7 @@ std::vector<at::Tensor> sparse_gemv_multi_cpu(const at::Tensor &x, at::TensorLis
     std::vector<void *> outputs(n);
     for (int64_t s = 0, acc = 0; s < n; ++s) {
         int64_t out = wt[s].size(1);
-        float t = threshold(tau[s]);
-        if (x.scalar_type() == at::kBFloat16) t = static_cast<float>(c10::BFloat16(t));
+        float t = threshold_for(tau[s], x);
         biases.push_back(float_bias(bias.get(s)));
         ys.push_back(at::empty(out_shape(x, out), x.options()));
         plans[s] = spon_plan{wt[s].data_ptr(), biases[s].defined() ? biases[s].data_ptr<float>() : nullptr,
