@@ -23,7 +23,7 @@ from .fold import fold_
 from .sparsify import _set_submodule, set_attr, sparse_modules
 
 __all__ = [
-    "prepare_decode_", "compile_decode_", "masked_dense", "decode_backend", "decode_backends", "DecodeState", "input_major",
+    "prepare_decode_", "compile_decode_", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "DecodeState", "input_major",
 ]
 
 
@@ -150,6 +150,19 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
     model.generation_config.cache_implementation = "static"
     model._spon_compiled = True
     return model
+
+
+@contextlib.contextmanager
+def warm_guards() -> Iterator[None]:
+    """Inside this block compiled forwards evaluate only the guards that told their graphs apart while warming up
+    (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`), not the hundreds that check every module and tensor.
+
+    For serving after a warm-up that ran every state the block will see (each switch such as `without_spon` or
+    `masked_dense` once): a state never seen before could reuse a graph silently. Measured on SmolLM2 fp32
+    (2026-11-30, AMD EPYC, 2 threads): sparse+SPON compiled 1.08x faster [1.03, 1.14] inside, HF dense compiled 1.02x.
+    """
+    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+        yield
 
 
 @contextlib.contextmanager

@@ -205,6 +205,7 @@ def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path):
     assert run["compiled_vs_eager"]["dense_compiled"]["identical"]  # HF's own model, compiled: the same greedy tokens
     assert run["compiled_vs_eager"]["sparse+SPON_compiled"]["identical"]
     assert run["speedup_vs_dense_compiled"]["dense_compiled"] == 1.0
+    assert run["guards"].startswith("differentiating") and all(run["same_tokens_every_round"].values())
 
 
 def test_llama_cpp_row_says_why_it_is_missing_and_times_the_stream(monkeypatch, tmp_path):

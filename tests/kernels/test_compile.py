@@ -1,12 +1,14 @@
 """The compiled decode path: torch.compile captures a prepared sparse model's steps whole (fullgraph), the sparse
 GEMV as one custom operator, with a static KV cache; it gives what the eager path gives, on every tiny architecture."""
 
+import contextlib
+
 import pytest
 import torch
 
 import spon
 from conftest import calibrated, make_model, needs_cc, random_ids, with_random_alphas
-from spon.decode import compile_decode_, masked_dense, prepare_decode_
+from spon.decode import compile_decode_, masked_dense, prepare_decode_, warm_guards
 from spon.kernels import op  # noqa: F401  (registers the operators)
 
 pytestmark = [needs_cc, pytest.mark.slow]
@@ -182,3 +184,24 @@ def test_compiled_path_at_zero_sparsity_gives_the_dense_models_tokens():
     tokens, logits = _generate(model, ids)
     assert torch.equal(tokens, dense_tokens)
     torch.testing.assert_close(logits, dense_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_warm_guards_keep_each_warmed_switch_on_its_own_graph():
+    torch._dynamo.reset()
+    model, _ = calibrated("llama")
+    with_random_alphas(model)
+    prepare_decode_(model)
+    compile_decode_(model)
+    ids = random_ids(1, 6, seed=3)
+    switches = {"sparse+SPON": contextlib.nullcontext, "sparse": lambda: spon.without_spon(model),
+                "masked": lambda: masked_dense(model)}
+    ref = {}
+    for name, ctx in switches.items():  # the warm-up: each switch compiles its graphs with every guard checked
+        with ctx():
+            ref[name] = _generate(model, ids)[1]
+    assert not torch.allclose(ref["sparse+SPON"], ref["sparse"], atol=1e-3)  # a graph taken for another would show
+    assert not torch.equal(ref["sparse+SPON"], ref["masked"])
+    with warm_guards():
+        for name, ctx in reversed(switches.items()):
+            with ctx():
+                assert torch.equal(_generate(model, ids)[1], ref[name]), name

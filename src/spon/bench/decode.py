@@ -119,7 +119,7 @@ def _nothing_dropped(model: nn.Module):
 
 def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.Tensor, *, new_tokens: int = 64,
                  repeats: int = 3, progress: bool = True, compiled: tuple[nn.Module, nn.Module] | None = None,
-                 llama=None) -> dict:
+                 llama=None, warm: bool = True) -> dict:
     """tokens/s of each variant; `sparse_model` is sparsified (thresholds, SPON vectors) and gets prepared here.
 
     compiled: (dense, sparse) copies to run through torch.compile with a static KV cache as well ("..._compiled"
@@ -127,6 +127,8 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
     is timed apart ("compile_seconds") and discarded with the other warm-up runs.
     llama: a `llama_cpp.LlamaCpp` on the same weights at the same precision: its dense row ("llama_cpp"), timed in
     the same rounds.
+    warm: time the compiled rows (dense and ours alike) inside `decode.warm_guards` once the warm-up round compiled
+    every variant; each timed round's tokens are checked against the warm-up round's ("same_tokens_every_round").
     """
     prepare_decode_(sparse_model)
     run = greedy_decode
@@ -138,7 +140,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         "masked_dense": (sparse_model, lambda: masked_dense(sparse_model), run),
     }
     if compiled is not None:
-        from ..decode import compile_decode_
+        from ..decode import compile_decode_, warm_guards
 
         cd, cs = compiled
         prepare_decode_(cs)
@@ -155,14 +157,17 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
     seconds: dict[str, list[float]] = {k: [] for k in contexts}
     tokens: dict[str, list[int]] = {}
     compile_seconds: dict[str, float] = {}
+    steady: dict[str, bool] = {}
     for r in tqdm(range(repeats + 1), desc="decode rounds", disable=not progress):
         for name, (model, ctx, fn) in contexts.items():
+            guards = warm_guards() if warm and r > 0 and name.endswith("_compiled") else contextlib.nullcontext()
             t0 = time.perf_counter()
-            with ctx():
+            with ctx(), guards:
                 toks, _, dt = fn(model, prompt, new_tokens)
             if r == 0 and name.endswith("_compiled"):
                 compile_seconds[name] = round(time.perf_counter() - t0, 1)  # tracing and compiling, in the warm-up round
             tokens.setdefault(name, toks)
+            steady[name] = steady.get(name, True) and toks == tokens[name]
             if r > 0:
                 seconds[name].append(dt)
     rate = {k: (new_tokens - 1) / statistics.median(v) for k, v in seconds.items()}
@@ -184,7 +189,10 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         "kernel_0pct_vs_dense": same("dense_kernel_0pct", "dense"),
         **({"compiled_vs_eager": {k: same(k, k.replace("_compiled", "").replace("kernel_0pct", "dense_kernel_0pct"))
                                   for k in contexts if k.endswith("_compiled")},
-            "compile_seconds": compile_seconds} if compiled is not None else {}),
+            "compile_seconds": compile_seconds,
+            "guards": "differentiating only after the warm-up round (decode.warm_guards)" if warm else "all"}
+           if compiled is not None else {}),
+        "same_tokens_every_round": steady,
         "seconds": seconds,
     }
 
@@ -203,6 +211,8 @@ class DecodeBench(ModelArgs):
     llama_gguf: str | None = opt(None, "a GGUF for llama.cpp's dense row (needs llama-cpp-python; default: the model's own "
                                        "GGUF requantised to each dtype); one dtype per run", type="str")
     repeats: int = opt(3, "rounds after a warm-up round (median)")
+    warm_guards: bool = opt(True, "time compiled rows (dense and ours alike) checking only the guards that told their "
+                                  "graphs apart in the warm-up round (decode.warm_guards)")
     prompt: str = opt("In Python, a list comprehension", "the prompt")
     out: str | None = opt(None, "folder for decode.json and decode.png", type="str")
 
@@ -233,7 +243,8 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
             compiled = (copy.deepcopy(dense_lm.model), copy.deepcopy(sparse_lm.model))
         llama = open_llama_cpp(cfg.model, dtype, cfg.llama_gguf)
         runs[dtype] = bench_decode(dense_lm.model, sparse_lm.model, prompt, new_tokens=cfg.new_tokens, repeats=cfg.repeats,
-                                   progress=progress, compiled=compiled, llama=None if isinstance(llama, str) else llama)
+                                   progress=progress, compiled=compiled, llama=None if isinstance(llama, str) else llama,
+                                   warm=cfg.warm_guards)
         runs[dtype]["llama_cpp"] = ({"status": llama} if isinstance(llama, str) else
                                     {"status": "measured", "gguf": str(llama.gguf), "threads": llama.threads})
         if not isinstance(llama, str):
