@@ -10,11 +10,21 @@ import torch
 __all__ = ["machine", "describe_machine"]
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name where the OS says it (Linux: /proc/cpuinfo), e.g. "AMD EPYC"; hosts of one kind differ."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def machine() -> dict:
-    """Platform, CPU count, torch threads and version, GPU name (None on a CPU-only machine)."""
+    """Platform, CPU model and count, torch threads and version, GPU name (None on a CPU-only machine)."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -23,9 +33,10 @@ def machine() -> dict:
 
 
 def describe_machine(m: dict | None) -> str:
-    """One line for reports: 'Linux-..., 2 CPUs, torch 2.13.0, 2 threads, no GPU'."""
+    """One line for reports: 'Linux-..., 2 CPUs (AMD EPYC), torch 2.13.0, 2 threads, no GPU'."""
     if not m:
         return "machine not recorded"
     threads = f", {m['torch_threads']} threads" if m.get("torch_threads") else ""
     gpu = f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU"
-    return f"{m.get('platform', '?')}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}{threads}{gpu}"
+    model = f" ({m['cpu_model']})" if m.get("cpu_model") else ""
+    return f"{m.get('platform', '?')}, {m.get('cpu_count', '?')} CPUs{model}, torch {m.get('torch', '?')}{threads}{gpu}"
