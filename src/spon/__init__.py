@@ -12,7 +12,7 @@ from .artifact import load_artifact, read_artifact, save_artifact
 from .calibrate import calibrate_
 from .config import SparsityConfig, TrainConfig
 from .data import TextSplits, load_splits, tokenize
-from .decode import masked_dense, prepare_decode_
+from .decode import compile_decode_, masked_dense, prepare_decode_, warm_guards
 from .errors import SponError
 from .evaluate import EvalProtocol, evaluate_variants, gap_recovered, perplexity
 from .fold import fold_
@@ -27,5 +27,5 @@ __all__ = [
     "SparsityConfig", "TrainConfig", "EvalProtocol", "SparseLinear", "SponError", "LoadedModel", "TextSplits",
     "TrainResult", "load_model", "load_splits", "tokenize", "sparsify_", "unsparsify_", "calibrate_", "train_spon_",
     "fold_", "dense", "without_spon", "measure_sparsity", "sparse_modules", "target_linears", "save_artifact", "load_artifact",
-    "read_artifact", "perplexity", "evaluate_variants", "gap_recovered", "prepare_decode_", "masked_dense",
+    "read_artifact", "perplexity", "evaluate_variants", "gap_recovered", "prepare_decode_", "compile_decode_", "warm_guards", "masked_dense",
 ]
