@@ -4,7 +4,7 @@ After `prepare_decode_(model)` every `SparseLinear` keeps its weight input-major
 weights one contiguous row); single-token forwards go through the sparse GEMV kernel (CPU: C/OpenMP;
 GPU: Triton), and prefill (several tokens) through a dense matmul on the masked input, on a transposed
 view of the same storage, so the weights are not held twice. The output head becomes a `DecodeHead`
-(a dense GEMV kernel on the weight as stored, for single tokens). Only layers whose rule is a plain threshold
+(for single tokens the faster, timed here, of our dense GEMV kernel and torch's on the weight as stored). Only layers whose rule is a plain threshold
 (magnitude, CATS's down projection) take the kernel; WINA, top-k and R-Sparse layers stay on the masked
 matmul, and `decode_backends` says which layer uses what.
 """
@@ -81,11 +81,13 @@ class DecodeState:
 
 
 @torch.no_grad()
-def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
+def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto") -> nn.Module:
     """Lay out each sparse layer's weight input-major for the decode kernel, in place.
 
     fold: first fold trained SPON vectors into the biases (exact; zero cost at inference), so every
     layer can take the kernel. Safe to call twice.
+    head: how the output head computes one token: "kernel" (our dense GEMV), "torch" (torch's), or "auto" (whichever
+    `DecodeHead.choose_path` times faster on this weight here; which one wins differs between hosts).
     """
     from .kernels import op  # noqa: F401  registers torch.ops.spon.sparse_gemv for compiled steps
 
@@ -99,17 +101,17 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True) -> nn.Module:
             wt = m.weight.detach().t().contiguous()
             m.weight = nn.Parameter(wt.t(), requires_grad=False)  # a view: dense/prefill matmuls use the same bytes
         m.decode = DecodeState(spon_free=not m.unfolded_vectors)
-    _swap_head(model)
+    _swap_head(model, head)
     return model
 
 
-def _swap_head(model: nn.Module) -> None:
+def _swap_head(model: nn.Module, path: str) -> None:
     """The output head (an exact nn.Linear: `get_output_embeddings`) becomes a `DecodeHead` on the same parameters."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if type(head) is not nn.Linear:
         return
-    _set_submodule(model, next(n for n, m in model.named_modules() if m is head), DecodeHead(head))
+    _set_submodule(model, next(n for n, m in model.named_modules() if m is head), DecodeHead(head, path))
 
 
 # Inductor options for every model `compile_decode_` compiles, dense or sparse (the same settings on both sides of a

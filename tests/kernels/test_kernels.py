@@ -308,3 +308,31 @@ def test_generate_decode_gives_every_token_past_an_end_of_text_token():
     model.generation_config.eos_token_id = tokens[3]  # plain generate would stop at the fourth token
     again, _, _ = generate_decode(model, ids, 12)
     assert len(tokens) == 12 and again == tokens and model.generation_config.eos_token_id == tokens[3]
+
+
+@needs_cc
+def test_head_takes_the_gemv_that_times_faster_here(monkeypatch):
+    import time
+
+    import spon.decode_head as dh
+
+    linear = torch.nn.Linear(64, 300)
+    assert dh.DecodeHead(linear, "torch").path == "torch" and dh.DecodeHead(linear, "kernel").path == "kernel"
+    real = dh.candidates
+
+    def slowed(name):  # one path made 4 ms slower a call
+        def both(head):
+            paths = real(head)
+            fn = paths[name]
+            return {**paths, name: lambda v: (time.sleep(0.004), fn(v))[1]}
+        return both
+
+    monkeypatch.setattr(dh, "candidates", slowed("torch"))
+    assert dh.DecodeHead(linear).path == "kernel"
+    monkeypatch.setattr(dh, "candidates", slowed("kernel"))
+    assert dh.DecodeHead(linear).path == "torch"
+    monkeypatch.undo()
+    half = torch.nn.Linear(64, 300).to(torch.float16)  # a dtype the kernel does not read: torch's, untimed
+    assert dh.DecodeHead(half).path == "torch"
+    with pytest.raises(ValueError, match="head path"):
+        dh.DecodeHead(linear, "fast")

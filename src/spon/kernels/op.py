@@ -3,8 +3,8 @@ single-token step without graph breaks (a fake implementation gives the output's
 `torch.ops.spon.sparse_gemv_multi`, the same for several layers that read one input (q/k/v; gate/up) in one call,
 which the compiled graph's pass (grouping.py) puts in place of their separate calls; and
 `torch.ops.spon.dense_gemv`, a dense single-token GEMV on nn.Linear's own [out, in] layout for the output head
-(the C kernel on the CPU for 16-bit weights, where torch's GEMV reads memory well below the machine's speed; F.linear
-for float32 weights, where torch's is faster, and elsewhere).
+(the C kernel on the CPU; F.linear elsewhere). Whether the head uses it or torch's own GEMV is chosen per host by
+`DecodeHead` (decode_head.py): which is faster differs between machines.
 
 One operator for every device: on the CPU it calls the C kernel through a `GemvPlan` prepared once per layer (kept
 in a small cache keyed by the storage and version of the weight, bias and threshold tensors and the input dtype);
@@ -85,9 +85,7 @@ def dense_gemv_op(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -
 
     def build():
         k = cpu_kernel() if x.device.type == "cpu" else None
-        # float32 weights: torch's GEMV is faster (op_cpu.cpp's torch_is_faster has the figures)
-        usable = k is not None and k.supports(w.dtype) and w.dtype != torch.float32 and x.dtype in CpuKernel.IO \
-            and w.is_contiguous()
+        usable = k is not None and k.supports(w.dtype) and x.dtype in CpuKernel.IO and w.is_contiguous()
         return k.prepare_dense(w, bias, x.dtype) if usable else False  # False: F.linear
 
     plan = _cached(key, build)

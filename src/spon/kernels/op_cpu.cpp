@@ -123,14 +123,10 @@ std::vector<at::Tensor> sparse_gemv_multi_cpu(const at::Tensor &x, at::TensorLis
     return ys;
 }
 
-// float32 weights go to torch's own GEMV (oneDNN/MKL): measured 1.2x faster than this kernel from memory on the
-// heads of SmolLM2 (49152x576: 5.1 against 6.1 ms) and Qwen2.5-0.5B (151936x896: 18.3 against 22.8 ms); the kernel
-// serves 16-bit weights, where torch's GEMV reads at 13-15 GB/s against its 19-20 (SmolLM2's head in bf16).
-bool torch_is_faster(const at::Tensor &w) { return w.scalar_type() == at::kFloat; }
 
 at::Tensor dense_gemv_cpu(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &bias) {
     int64_t out = w.size(0), in = w.size(1);
-    if (!readable(x) || !readable(w) || !w.is_contiguous() || x.numel() != in || torch_is_faster(w))
+    if (!readable(x) || !readable(w) || !w.is_contiguous() || x.numel() != in)
         return at::linear(x, w, bias);
     at::Tensor xc = x.contiguous(), b = float_bias(bias);
     int threads = at::get_num_threads();
