@@ -27,12 +27,10 @@ HEAD_PATHS = ("auto", "kernel", "torch")
 
 def kernel_can_serve(weight: torch.Tensor) -> bool:
     """Whether the C kernel reads this weight (CPU, float32 or bf16, contiguous, kernel built)."""
-    if weight.device.type != "cpu" or not weight.is_contiguous():
-        return False
-    from .kernels import cpu_kernel
+    from .kernels import backend_for
 
-    k = cpu_kernel()
-    return k is not None and k.supports(weight.dtype)
+    return weight.device.type == "cpu" and weight.is_contiguous() \
+        and backend_for(torch.empty(0, device=weight.device), weight) == "cpu"
 
 
 def candidates(head: "DecodeHead") -> dict:
