@@ -123,7 +123,7 @@ std::vector<at::Tensor> sparse_gemv_multi_cpu(const at::Tensor &x, at::TensorLis
     return ys;
 }
 
-
+// The output head's single-token GEMV; whether a head calls it or torch's is DecodeHead's timed choice.
 at::Tensor dense_gemv_cpu(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &bias) {
     int64_t out = w.size(0), in = w.size(1);
     if (!readable(x) || !readable(w) || !w.is_contiguous() || x.numel() != in)
