@@ -23,7 +23,7 @@ from .fold import fold_
 from .sparsify import _set_submodule, set_attr, sparse_modules
 
 __all__ = [
-    "prepare_decode_", "compile_decode_", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "DecodeState", "input_major",
+    "prepare_decode_", "compile_decode_", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "DecodeState", "input_major",
 ]
 
 
@@ -192,6 +192,11 @@ def decode_backends(model: nn.Module, device: torch.device | str | None = None) 
             wt = input_major(m)
             out[name] = backend_for(torch.empty(0, device=device or wt.device), wt)
     return out
+
+
+def head_path(model: nn.Module) -> str | None:
+    """How the prepared output head computes one token ("kernel" or "torch"), or None (no `DecodeHead`)."""
+    return next((m.path for m in model.modules() if isinstance(m, DecodeHead)), None)
 
 
 def decode_backend(model: nn.Module) -> str:

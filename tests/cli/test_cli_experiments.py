@@ -192,7 +192,11 @@ def test_sweep_with_several_seeds_reports_their_spread(capsys, model_folder, tmp
 
 @needs_cc
 @pytest.mark.slow
-def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path):
+def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path, monkeypatch):
+    import spon.decode_head as dh
+
+    timed = []  # the head's timed choice, made once: the compiled copy takes the eager copy's path
+    monkeypatch.setattr(dh.DecodeHead, "choose_path", lambda self: (timed.append(1), "kernel" if len(timed) == 1 else "torch")[1])
     text = tmp_path / "t.txt"
     text.write_text(random_text(4000))
     out = tmp_path / "bench"
@@ -206,6 +210,7 @@ def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path):
     assert run["compiled_vs_eager"]["sparse+SPON_compiled"]["identical"]
     assert run["speedup_vs_dense_compiled"]["dense_compiled"] == 1.0
     assert run["guards"].startswith("differentiating") and all(run["same_tokens_every_round"].values())
+    assert run["head"] == "kernel" and len(timed) == 1
 
 
 def test_llama_cpp_row_says_why_it_is_missing_and_times_the_stream(monkeypatch, tmp_path):

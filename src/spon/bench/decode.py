@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..atomic import ensure_writable_dir
 from ..config import SparsityConfig, opt
 from ..errors import SponError
-from ..decode import decode_backend, masked_dense, prepare_decode_
+from ..decode import decode_backend, head_path, masked_dense, prepare_decode_
 from ..models import ModelArgs
 from ..machine import machine
 from ..sparsify import set_attr, sparse_modules, without_spon
@@ -143,7 +143,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         from ..decode import compile_decode_, warm_guards
 
         cd, cs = compiled
-        prepare_decode_(cs)
+        prepare_decode_(cs, head=head_path(sparse_model) or "auto")  # the eager copy's timed choice: one head for both
         compile_decode_(cd)
         compile_decode_(cs)
         contexts.update({
@@ -179,7 +179,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
 
     return {
         "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats,
-        "backend": decode_backend(sparse_model), "tokens_per_s": rate, "round_spread": spread,
+        "backend": decode_backend(sparse_model), "head": head_path(sparse_model), "tokens_per_s": rate, "round_spread": spread,
         "speedup_vs_dense": {k: v / rate["dense"] for k, v in rate.items()},
         **({"speedup_vs_llama_cpp": {k: v / rate["llama_cpp"] for k, v in rate.items()},
             "llama_cpp_vs_dense": same("llama_cpp", "dense")} if llama is not None else {}),
