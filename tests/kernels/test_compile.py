@@ -39,6 +39,10 @@ def test_custom_op_matches_the_reference_and_has_a_fake():
         x16, wt16 = x.to(dtype), wt.to(dtype)
         want16 = ((x16.float() * (x16.abs() > torch.tensor(0.5).to(dtype))) @ wt16.float() + bias).to(dtype)
         torch.testing.assert_close(torch.ops.spon.sparse_gemv(x16, wt16, bias, tau), want16, atol=2e-2, rtol=2e-2)
+        b16 = bias.to(dtype)  # a 16-bit model's own bias: read as it is (bf16) or converted (fp16), same sums as float32
+        assert torch.equal(torch.ops.spon.sparse_gemv(x16, wt16, b16, tau), torch.ops.spon.sparse_gemv(x16, wt16, b16.float(), tau))
+        head = wt16.t().contiguous()
+        assert dtype == torch.float16 or torch.equal(torch.ops.spon.dense_gemv(x16, head, b16), torch.ops.spon.dense_gemv(x16, head, b16.float()))
     with FakeTensorMode() as mode:
         fake = torch.ops.spon.sparse_gemv(mode.from_tensor(x), mode.from_tensor(wt), mode.from_tensor(bias), mode.from_tensor(tau))
     assert fake.shape == (1, 1, 24) and fake.dtype == x.dtype

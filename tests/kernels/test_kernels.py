@@ -312,24 +312,29 @@ def test_generate_decode_gives_every_token_past_an_end_of_text_token():
 
 @needs_cc
 def test_head_takes_the_gemv_that_times_faster_here(monkeypatch):
-    import time
+    import types
 
     import spon.decode_head as dh
 
     linear = torch.nn.Linear(64, 300)
     assert dh.DecodeHead(linear, "torch").path == "torch" and dh.DecodeHead(linear, "kernel").path == "kernel"
-    real = dh.candidates
+    x = torch.randn(64)
+    real = dh.candidates(dh.DecodeHead(linear, "kernel"))
+    assert set(real) == {"kernel", "torch"}
+    torch.testing.assert_close(real["kernel"](x), real["torch"](x), atol=1e-5, rtol=1e-5)  # the same logits either way
+    clock = [0.0]  # a fake clock each path advances by its own cost (real timings on a busy machine would be noise)
+    monkeypatch.setattr(dh, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
-    def slowed(name):  # one path made 4 ms slower a call
-        def both(head):
-            paths = real(head)
-            fn = paths[name]
-            return {**paths, name: lambda v: (time.sleep(0.004), fn(v))[1]}
-        return both
+    def costing(kernel_s, torch_s):
+        def tick(s):
+            def fn(v):
+                clock[0] += s
+            return fn
+        return lambda head: {"kernel": tick(kernel_s), "torch": tick(torch_s)}
 
-    monkeypatch.setattr(dh, "candidates", slowed("torch"))
+    monkeypatch.setattr(dh, "candidates", costing(0.001, 0.005))
     assert dh.DecodeHead(linear).path == "kernel"
-    monkeypatch.setattr(dh, "candidates", slowed("kernel"))
+    monkeypatch.setattr(dh, "candidates", costing(0.005, 0.001))
     assert dh.DecodeHead(linear).path == "torch"
     monkeypatch.undo()
     half = torch.nn.Linear(64, 300).to(torch.float16)  # a dtype the kernel does not read: torch's, untimed

@@ -123,7 +123,8 @@ class CpuKernel:
 class _Plan(ctypes.Structure):  # mirrors spon_plan in spon_plan.h
     _fields_ = [("wt", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("acc", ctypes.c_void_p), ("idx", ctypes.c_void_p),
                 ("val", ctypes.c_void_p), ("n_in", ctypes.c_int64), ("n_out", ctypes.c_int64), ("tau", ctypes.c_float),
-                ("nthreads", ctypes.c_int), ("io_bf16", ctypes.c_int), ("w_bf16", ctypes.c_int)]
+                ("nthreads", ctypes.c_int), ("io_bf16", ctypes.c_int), ("w_bf16", ctypes.c_int),
+                ("bias_bf16", ctypes.c_int)]
 
 
 class PreparedGemv:
@@ -143,7 +144,7 @@ class PreparedGemv:
         acc = self.scratch.acc.data_ptr() if self.scratch.acc is not None else None
         self.args = _Plan(wt.data_ptr(), self.bias.data_ptr() if self.bias is not None else None, acc,
                           self.scratch.idx.data_ptr(), self.scratch.val.data_ptr(), n_in, n_out, tau, threads,
-                          int(dtype == torch.bfloat16), int(wt.dtype == torch.bfloat16))
+                          int(dtype == torch.bfloat16), int(wt.dtype == torch.bfloat16), 0)
         self.ptr = ctypes.addressof(self.args)
         self.fn = kernel.lib.spon_dense_plan if output_major else kernel.lib.spon_gemv_plan
 

@@ -39,17 +39,24 @@ static inline void put(void *y, int64_t j, float v, int io_bf16) {
     else ((float *)y)[j] = v;
 }
 
+/* Bias entry j as float32: none (0), float32, or bfloat16 widened (exact), so a 16-bit model's bias needs no
+ * conversion op before each call. */
+static inline float bias_at(const void *bias, int bias_bf16, int64_t j) {
+    if (!bias) return 0.0f;
+    return bias_bf16 ? bf16(((const uint16_t *)bias)[j]) : ((const float *)bias)[j];
+}
+
 /* Inside the sparse kernels' parallel region, after the barrier: thread t of T sums the threads' partial
  * accumulators (acc_all: T * out floats) and the bias into its slice of y. half = 0: output j sits at j; half > 0
  * (the paired bf16 loop): even outputs at j / 2, odd ones at half + j / 2. */
-static void sum_shares(const float *acc_all, const float *bias, void *y, int io_bf16, int64_t out, int64_t half, int t,
-                       int T) {
+static void sum_shares(const float *acc_all, const void *bias, int bias_bf16, void *y, int io_bf16, int64_t out,
+                       int64_t half, int t, int T) {
     int64_t chunk = (out + T - 1) / T;
     int64_t j0 = t * chunk < out ? t * chunk : out;
     int64_t j1 = j0 + chunk < out ? j0 + chunk : out;
     for (int64_t j = j0; j < j1; ++j) {
         int64_t slot = half == 0 ? j : (j & 1) ? half + j / 2 : j / 2;
-        float s = bias ? bias[j] : 0.0f;
+        float s = bias_at(bias, bias_bf16, j);
         for (int u = 0; u < T; ++u) s += acc_all[(int64_t)u * out + slot];
         put(y, j, s, io_bf16);
     }
@@ -169,8 +176,8 @@ static void add_share(const spon_plan *p, int64_t nnz, int t, int T) {
  * widened to float32 once (xf: in floats); each thread takes a contiguous slice of the outputs, four rows per pass
  * (four independent sums keep the loads in flight). */
 #define SPON_DENSE(NAME, WTYPE, LOAD)                                                                      \
-    static void NAME(const void *x, const WTYPE *w, const float *bias, void *y, int io_bf16, float *xf,            \
-                     int64_t in, int64_t out, int nthreads) {                                              \
+    static void NAME(const void *x, const WTYPE *w, const void *bias, int bias_bf16, void *y, int io_bf16,        \
+                     float *xf, int64_t in, int64_t out, int nthreads) {                                   \
         for (int64_t i = 0; i < in; ++i)                                                                   \
             xf[i] = io_bf16 ? bf16(((const uint16_t *)x)[i]) : ((const float *)x)[i];                      \
         int64_t groups = (out + 3) / 4;                                                                    \
@@ -197,7 +204,7 @@ static void add_share(const spon_plan *p, int64_t nnz, int t, int T) {
                     s[u] = su;                                                                             \
                 }                                                                                          \
             }                                                                                              \
-            for (int64_t u = 0; u < n; ++u) put(y, j0 + u, s[u] + (bias ? bias[j0 + u] : 0.0f), io_bf16);  \
+            for (int64_t u = 0; u < n; ++u) put(y, j0 + u, s[u] + bias_at(bias, bias_bf16, j0 + u), io_bf16); \
         }                                                                                                  \
     }
 
@@ -206,8 +213,8 @@ SPON_DENSE(spon_dense_bf16, uint16_t, bf16)
 
 /* The head's bf16 GEMV, even in: the same pairing along a row; x is split once into its even (xf[0:in/2]) and
  * odd (xf[in/2:in]) entries. 10-15% faster than the widening loop (prefetching ahead measured slower here). */
-static void spon_dense_bf16_pairs(const void *x, const uint16_t *w, const float *bias, void *y, int io_bf16,
-                                  float *xf, int64_t in, int64_t out, int nthreads) {
+static void spon_dense_bf16_pairs(const void *x, const uint16_t *w, const void *bias, int bias_bf16, void *y,
+                                  int io_bf16, float *xf, int64_t in, int64_t out, int nthreads) {
     int64_t h = in / 2;
     for (int64_t i = 0; i < in; ++i)
         xf[(i & 1) ? h + i / 2 : i / 2] = io_bf16 ? bf16(((const uint16_t *)x)[i]) : ((const float *)x)[i];
@@ -236,7 +243,7 @@ static void spon_dense_bf16_pairs(const void *x, const uint16_t *w, const float 
                 s[u] = su;
             }
         }
-        for (int64_t u = 0; u < n; ++u) put(y, j0 + u, s[u] + (bias ? bias[j0 + u] : 0.0f), io_bf16);
+        for (int64_t u = 0; u < n; ++u) put(y, j0 + u, s[u] + bias_at(bias, bias_bf16, j0 + u), io_bf16);
     }
 }
 
@@ -249,8 +256,8 @@ static void spon_dense_bf16_pairs(const void *x, const uint16_t *w, const float 
  * against 25.1 ms for the paired loop (two rows per pass: 20.5, four: 19.1). On the input-major sparse kernel the
  * rows must be interleaved first: measured only 4-10% there, so not used. It flushes denormals and sums in fp32 in
  * another order than the loop. */
-static void spon_dense_bf16_dp(const uint16_t *x, const uint16_t *w, const float *bias, uint16_t *y, int64_t in,
-                               int64_t out, int nthreads) {
+static void spon_dense_bf16_dp(const uint16_t *x, const uint16_t *w, const void *bias, int bias_bf16, uint16_t *y,
+                               int64_t in, int64_t out, int nthreads) {
     int64_t groups = (out + 7) / 8;
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
     for (int64_t g = 0; g < groups; ++g) {
@@ -265,7 +272,7 @@ static void spon_dense_bf16_dp(const uint16_t *x, const uint16_t *w, const float
         }
         float v[8];
         for (int u = 0; u < 8; ++u) v[u] = _mm512_reduce_add_ps(s[u]);
-        for (int64_t u = 0; u < n; ++u) y[j0 + u] = to_bf16(v[u] + (bias ? bias[j0 + u] : 0.0f));
+        for (int64_t u = 0; u < n; ++u) y[j0 + u] = to_bf16(v[u] + bias_at(bias, bias_bf16, j0 + u));
     }
 }
 #endif
@@ -285,7 +292,7 @@ int64_t spon_gemv_multi(const spon_plan *const *plans, int n, const void *x, voi
         _Pragma("omp barrier")
         for (int s = 0; s < n; ++s) {
             const spon_plan *p = plans[s];
-            sum_shares(p->acc, p->bias, ys[s], p->io_bf16, p->out, paired(p) ? p->out / 2 : 0, t, T);
+            sum_shares(p->acc, p->bias, p->bias_bf16, ys[s], p->io_bf16, p->out, paired(p) ? p->out / 2 : 0, t, T);
         }
     }
     return nnz[0];
@@ -299,16 +306,18 @@ int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y) { return spon
 void spon_dense_plan(const spon_plan *p, const void *x, void *y) {
 #ifdef SPON_DPBF16
     if (p->w_bf16 && p->io_bf16 && p->in % 32 == 0) {
-        spon_dense_bf16_dp((const uint16_t *)x, (const uint16_t *)p->wt, p->bias, (uint16_t *)y, p->in, p->out, p->nthreads);
+        spon_dense_bf16_dp((const uint16_t *)x, (const uint16_t *)p->wt, p->bias, p->bias_bf16, (uint16_t *)y, p->in, p->out,
+                           p->nthreads);
         return;
     }
 #endif
     if (p->w_bf16 && p->in % 2 == 0)
-        spon_dense_bf16_pairs(x, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->val, p->in, p->out, p->nthreads);
+        spon_dense_bf16_pairs(x, (const uint16_t *)p->wt, p->bias, p->bias_bf16, y, p->io_bf16, p->val, p->in, p->out,
+                              p->nthreads);
     else if (p->w_bf16)
-        spon_dense_bf16(x, (const uint16_t *)p->wt, p->bias, y, p->io_bf16, p->val, p->in, p->out, p->nthreads);
+        spon_dense_bf16(x, (const uint16_t *)p->wt, p->bias, p->bias_bf16, y, p->io_bf16, p->val, p->in, p->out, p->nthreads);
     else
-        spon_dense_f32(x, (const float *)p->wt, p->bias, y, p->io_bf16, p->val, p->in, p->out, p->nthreads);
+        spon_dense_f32(x, (const float *)p->wt, p->bias, p->bias_bf16, y, p->io_bf16, p->val, p->in, p->out, p->nthreads);
 }
 
 /* Read-bandwidth probe for the benchmarks: sum n floats with the same threads (the bytes a GEMV must read). */

@@ -6,13 +6,13 @@
 
 typedef struct {
     const void *wt;
-    const float *bias;
+    const void *bias; /* float32, or bfloat16 where bias_bf16 */
     float *acc;
     int64_t *idx;
     float *val;
     int64_t in, out;
     float tau;
-    int nthreads, io_bf16, w_bf16;
+    int nthreads, io_bf16, w_bf16, bias_bf16;
 } spon_plan;
 
 #define SPON_MAX_GROUP 8 /* layers one spon_gemv_multi call takes (a block's q/k/v is 3) */
