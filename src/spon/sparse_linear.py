@@ -82,6 +82,9 @@ class SelectionRule(nn.Module):
         return f"rule={self.rule}, keep={self.keep}"
 
 
+_CONSTANTS = ("threshold", "folded_bias")
+
+
 class SparseLinear(CountsZeros, nn.Module):
     """Wraps the weight and bias of an `nn.Linear` (shared, not copied) with input sparsity and SPON."""
 
@@ -93,15 +96,27 @@ class SparseLinear(CountsZeros, nn.Module):
         self.transposed, self._dense_cls = transposed, dense_cls  # the wrapped class, given back by `to_linear`
         self.out_features, self.in_features = linear_shape(self)
         device = weight.device
-        self.register_buffer("threshold", torch.tensor(-1.0, device=device))  # -1: nothing dropped
+        # threshold and folded bias: constants, held as frozen Parameters rather than buffers (see `__setattr__`)
+        self.threshold = torch.tensor(-1.0, device=device)  # -1: nothing dropped
         self.alpha = nn.Parameter(torch.zeros(self.in_features, device=device), requires_grad=False)
-        self.register_buffer("folded_bias", None)  # b + W alpha once folded (used at sparsified tokens only)
+        self.register_parameter("folded_bias", None)  # b + W alpha once folded (used at sparsified tokens only)
         self.neurons: nn.Parameter | None = None  # ablation: [out, k] output weights of k spontaneous neurons
         self.rates: nn.Parameter | None = None  # ablation: [k] their constant activations
         self.rule = SelectionRule()  # set by `sparsify.apply_rule`
         self.sparse = True  # False inside `dense(model)`
         self.tokens, self.last_fraction = tokens, last_fraction
         self.decode = None  # `decode.DecodeState` once `prepare_decode_` ran: single tokens take the kernel
+
+    def __setattr__(self, name: str, value) -> None:
+        """A tensor assigned to `threshold` or `folded_bias` is kept as a frozen Parameter (requires_grad=False).
+
+        Constants both, yet not buffers: a compiled forward run under `decode.warm_guards` re-checks the metadata of
+        every buffer it reads on every call (dynamo keeps all non-Parameter tensor guards among the "differentiating"
+        ones), two per sparse layer and token (420 on SmolLM2); Parameters' are checked only where they told graphs
+        apart during warm-up. Same state_dict keys either way."""
+        if name in _CONSTANTS and isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=False)
+        super().__setattr__(name, value)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, tokens: str = "all", last_fraction: float = 0.5) -> "SparseLinear":

@@ -19,6 +19,7 @@ def test_short_training_lowers_held_out_validation_kl(arch):
     model, _ = calibrated(arch, 0.6)
     cfg = spon.TrainConfig(lr=1e-3, steps=12, batch_size=4, seq_len=64, eval_every=4, warmup=2)
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith("alpha")}
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}  # weights yes; thresholds, folded biases no
     result = spon.train_spon_(model, narrow(64 * 16, seed=5), narrow(64 * 4, seed=6), cfg, progress=False)
     assert result.kept == "trained" and result.val_kl_best < 0.9 * result.val_kl_start
     assert any(float(m.alpha.abs().sum()) > 0 for m in spon.sparse_modules(model).values())
@@ -26,7 +27,8 @@ def test_short_training_lowers_held_out_validation_kl(arch):
         if n in weights:
             assert torch.equal(p, weights[n]), n
     assert not any(m.alpha.requires_grad for m in spon.sparse_modules(model).values())
-    assert all(p.requires_grad for n, p in model.named_parameters() if n in weights)  # as they were before
+    assert all(p.requires_grad == trainable[n] for n, p in model.named_parameters() if n in weights)  # as they were before
+    assert any(trainable.values()) and not all(trainable.values())
 
 
 def test_lr_schedule_warms_up_and_decays():
