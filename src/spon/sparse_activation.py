@@ -12,18 +12,20 @@ import torch
 from torch import nn
 
 from .selection import apply_to_positions, keep_count, keep_mask, sparsified_positions
-from .sparse_linear import CountsZeros
+from .sparse_linear import CountsZeros, FrozenConstants
 
 __all__ = ["SparseActivation", "MLP_ACTIVATION"]
 
 MLP_ACTIVATION = re.compile(r"\.\d+\.(mlp|feed_forward|ffn)\.(act_fn|act|activation_fn|activation)$")
 
 
-class SparseActivation(CountsZeros, nn.Module):
+class SparseActivation(FrozenConstants, CountsZeros, nn.Module):
+    constants = ("threshold",)  # a frozen Parameter, like SparseLinear's (`FrozenConstants`)
+
     def __init__(self, act: nn.Module, tokens: str = "all", last_fraction: float = 0.5):
         super().__init__()
         self.act = act
-        self.register_buffer("threshold", torch.tensor(-1.0))
+        self.threshold = torch.tensor(-1.0)
         self.topk_sparsity: float | None = None  # top-k selection: this fraction of channels dropped per token
         self.sparse = True
         self.tokens, self.last_fraction = tokens, last_fraction

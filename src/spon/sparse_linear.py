@@ -19,7 +19,7 @@ from torch import nn
 
 from .selection import keep_mask, score, sparsified_positions
 
-__all__ = ["SparseLinear", "SelectionRule", "is_linear", "linear_shape", "linear_matrix"]
+__all__ = ["SparseLinear", "SelectionRule", "FrozenConstants", "is_linear", "linear_shape", "linear_matrix"]
 
 
 def is_conv1d(mod: nn.Module) -> bool:
@@ -82,11 +82,27 @@ class SelectionRule(nn.Module):
         return f"rule={self.rule}, keep={self.keep}"
 
 
-_CONSTANTS = ("threshold", "folded_bias")
+class FrozenConstants:
+    """A tensor assigned to one of `constants` (a module's threshold, folded bias) is kept as a frozen Parameter
+    (requires_grad=False), not a buffer.
+
+    Constants all, yet not buffers: a compiled forward run under `decode.warm_guards` re-checks the metadata of every
+    buffer it reads on every call (dynamo keeps all non-Parameter tensor guards among the "differentiating" ones),
+    two per sparse layer and token (420 on SmolLM2); Parameters' are checked only where they told graphs apart during
+    warm-up. Same state_dict keys either way. Mixed in before `nn.Module`."""
+
+    constants: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self.constants and isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=False)
+        super().__setattr__(name, value)
 
 
-class SparseLinear(CountsZeros, nn.Module):
+class SparseLinear(FrozenConstants, CountsZeros, nn.Module):
     """Wraps the weight and bias of an `nn.Linear` (shared, not copied) with input sparsity and SPON."""
+
+    constants = ("threshold", "folded_bias")
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None = None, *, transposed: bool = False,
                  dense_cls: type = nn.Linear, tokens: str = "all", last_fraction: float = 0.5):
@@ -96,7 +112,7 @@ class SparseLinear(CountsZeros, nn.Module):
         self.transposed, self._dense_cls = transposed, dense_cls  # the wrapped class, given back by `to_linear`
         self.out_features, self.in_features = linear_shape(self)
         device = weight.device
-        # threshold and folded bias: constants, held as frozen Parameters rather than buffers (see `__setattr__`)
+        # threshold and folded bias: frozen Parameters rather than buffers (`FrozenConstants`)
         self.threshold = torch.tensor(-1.0, device=device)  # -1: nothing dropped
         self.alpha = nn.Parameter(torch.zeros(self.in_features, device=device), requires_grad=False)
         self.register_parameter("folded_bias", None)  # b + W alpha once folded (used at sparsified tokens only)
@@ -106,17 +122,6 @@ class SparseLinear(CountsZeros, nn.Module):
         self.sparse = True  # False inside `dense(model)`
         self.tokens, self.last_fraction = tokens, last_fraction
         self.decode = None  # `decode.DecodeState` once `prepare_decode_` ran: single tokens take the kernel
-
-    def __setattr__(self, name: str, value) -> None:
-        """A tensor assigned to `threshold` or `folded_bias` is kept as a frozen Parameter (requires_grad=False).
-
-        Constants both, yet not buffers: a compiled forward run under `decode.warm_guards` re-checks the metadata of
-        every buffer it reads on every call (dynamo keeps all non-Parameter tensor guards among the "differentiating"
-        ones), two per sparse layer and token (420 on SmolLM2); Parameters' are checked only where they told graphs
-        apart during warm-up. Same state_dict keys either way."""
-        if name in _CONSTANTS and isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
-            value = nn.Parameter(value, requires_grad=False)
-        super().__setattr__(name, value)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, tokens: str = "all", last_fraction: float = 0.5) -> "SparseLinear":

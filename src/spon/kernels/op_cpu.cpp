@@ -5,8 +5,8 @@
 // Python implementations serve the CPU instead (same results).
 //
 // No plan cache: a call reads the threshold from its 0-d tensor, hands the kernel a float32 or bf16 bias as it is
-// (converting only an fp16 one), and works in per-thread scratch buffers that only grow. Shapes or dtypes the kernel does not read go
-// through the plain-torch definition (reference.py's, written again here).
+// (converting only an fp16 one), and works in per-thread scratch buffers that only grow. Shapes or dtypes the kernel
+// does not read go through the plain-torch definition (reference.py's, written again here).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
