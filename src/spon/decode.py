@@ -23,7 +23,7 @@ from .fold import fold_
 from .sparsify import _set_submodule, set_attr, sparse_modules
 
 __all__ = [
-    "prepare_decode_", "compile_decode_", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "DecodeState", "input_major",
+    "prepare_decode_", "compile_decode_", "set_attention", "attention_of", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "DecodeState", "input_major",
 ]
 
 
@@ -121,12 +121,20 @@ def _swap_head(model: nn.Module, path: str) -> None:
 COMPILE_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 
 
-def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projections: bool = False) -> nn.Module:
+def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projections: bool = False,
+                    attention: str | None = "auto") -> nn.Module:
     """Compile the model's forward with torch.compile and make `generate` use a static KV cache, in place.
 
     Works on any Hugging Face causal LM, sparse or not: a prepared sparse model's single-token steps are captured
     whole, the sparse GEMV as one custom operator (`torch.ops.spon.sparse_gemv`). The first calls compile (one graph
     for the prompt's length, one for single tokens); time them apart from decoding.
+
+    attention: the attention implementation the compiled graphs use (Hugging Face's `attn_implementation`). "auto":
+    "eager" on CPU (the reference attention in plain torch ops, which inductor fuses into the step) and the model's own
+    elsewhere; a name ("eager", "sdpa", ...) forces one; None keeps the model's. On CPU a single token's SDPA kernel
+    call costs more than the attention itself: measured 2026-11-30 (AMD EPYC, 2 threads, bf16, compiled, one process
+    per setting; `docs/results/bench-cpu/attention/`), "eager" against "sdpa" made SmolLM2 and Qwen2.5-0.5B decode
+    faster, dense and sparse alike. The scores of a long prompt are materialised ([heads, L, L] per layer) in prefill.
 
     group_projections: sparse layers that read the same input (q/k/v; gate/up) take one operator call per group
     (`kernels.grouping`, a graph pass; same results), for sparse models only (a dense graph has nothing to group).
@@ -145,6 +153,10 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
 
     if getattr(model, "_spon_compiled", False):
         return model
+    if attention == "auto":
+        attention = "eager" if next(model.parameters()).device.type == "cpu" else None
+    if attention is not None:
+        set_attention(model, attention)
     # every compiled model and switch (dense, without_spon, masked_dense) adds graphs to the same forward code object
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     # ints that change per step turn symbolic once; COMPILE_OPTIONS drop the per-call stride checks of every input
@@ -152,6 +164,22 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
     model.generation_config.cache_implementation = "static"
     model._spon_compiled = True
     return model
+
+
+def set_attention(model: nn.Module, implementation: str) -> None:
+    """Switch a Hugging Face model's attention implementation in place (`set_attn_implementation` where the model has
+    it, else the config field the attention layers read at each forward)."""
+    setter = getattr(model, "set_attn_implementation", None)
+    if callable(setter):
+        setter(implementation)
+    else:
+        model.config._attn_implementation = implementation
+
+
+def attention_of(model: nn.Module) -> str | None:
+    """The attention implementation a Hugging Face model runs (None: not a Hugging Face model)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None)
 
 
 @contextlib.contextmanager

@@ -211,6 +211,7 @@ def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path, monkeypatch)
     assert run["speedup_vs_dense_compiled"]["dense_compiled"] == 1.0
     assert run["guards"].startswith("differentiating") and all(run["same_tokens_every_round"].values())
     assert run["head"] == "kernel" and len(timed) == 1
+    assert run["attention"] == {"eager": "sdpa", "compiled": "eager"}  # compile_decode_'s CPU choice, dense and ours alike
 
 
 def test_llama_cpp_row_says_why_it_is_missing_and_times_the_stream(monkeypatch, tmp_path):

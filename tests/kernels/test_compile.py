@@ -8,7 +8,7 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, needs_cc, random_ids, with_random_alphas
-from spon.decode import compile_decode_, masked_dense, prepare_decode_, warm_guards
+from spon.decode import attention_of, compile_decode_, masked_dense, prepare_decode_, warm_guards
 from spon.kernels import op  # noqa: F401  (registers the operators)
 
 pytestmark = [needs_cc, pytest.mark.slow]
@@ -188,6 +188,17 @@ def test_compiled_path_at_zero_sparsity_gives_the_dense_models_tokens():
     tokens, logits = _generate(model, ids)
     assert torch.equal(tokens, dense_tokens)
     torch.testing.assert_close(logits, dense_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_decode_takes_eager_attention_on_cpu_unless_told_otherwise():
+    """SDPA's kernel call costs more than a single token's attention on CPU; "auto" switches to the plain-op attention
+    (test_compiled_steps_equal_eager_steps checks it against the uncompiled SDPA model), a name or None is obeyed."""
+    for attention, want in [("auto", "eager"), (None, "sdpa"), ("sdpa", "sdpa"), ("eager", "eager")]:
+        model = make_model("llama")
+        assert attention_of(model) == "sdpa"
+        compile_decode_(model, attention=attention)
+        assert attention_of(model) == want, attention
+    assert attention_of(torch.nn.Linear(2, 2)) is None
 
 
 def test_warm_guards_keep_each_warmed_switch_on_its_own_graph():
