@@ -81,13 +81,15 @@ class DecodeState:
 
 
 @torch.no_grad()
-def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto") -> nn.Module:
+def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", huge_pages: bool = True) -> nn.Module:
     """Lay out each sparse layer's weight input-major for the decode kernel, in place.
 
     fold: first fold trained SPON vectors into the biases (exact; zero cost at inference), so every
     layer can take the kernel. Safe to call twice.
     head: how the output head computes one token: "kernel" (our dense GEMV), "torch" (torch's), or "auto" (whichever
     `DecodeHead.choose_path` times faster on this weight here; which one wins differs between hosts).
+    huge_pages: move the output head's weight (with the embeddings it is tied to) onto transparent huge pages where the
+    system grants them (`huge_pages.move_to_huge_pages_`): the head GEMV streams it faster from there.
     """
     from .kernels import op  # noqa: F401  registers torch.ops.spon.sparse_gemv for compiled steps
 
@@ -101,16 +103,20 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto") 
             wt = m.weight.detach().t().contiguous()
             m.weight = nn.Parameter(wt.t(), requires_grad=False)  # a view: dense/prefill matmuls use the same bytes
         m.decode = DecodeState(spon_free=not m.unfolded_vectors)
-    _swap_head(model, head)
+    _swap_head(model, head, huge_pages)
     return model
 
 
-def _swap_head(model: nn.Module, path: str) -> None:
+def _swap_head(model: nn.Module, path: str, huge_pages: bool) -> None:
     """The output head (an exact nn.Linear: `get_output_embeddings`) becomes a `DecodeHead` on the same parameters."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if type(head) is not nn.Linear:
         return
+    if huge_pages:
+        from .huge_pages import move_to_huge_pages_
+
+        move_to_huge_pages_(head.weight)  # before the head's path is timed
     _set_submodule(model, next(n for n, m in model.named_modules() if m is head), DecodeHead(head, path))
 
 

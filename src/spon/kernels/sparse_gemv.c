@@ -120,7 +120,10 @@ SPON_ADD_ROWS(add_rows_bf16, uint16_t, bf16)
  * time for half the bytes); this form is 30-45% faster. While it adds one cache line of each of this pass's eight
  * rows it prefetches the same line of the next pass's rows: another 15-25% (a 896-wide bf16 row is 28 lines, too
  * short a stream for the hardware prefetchers to ramp up; the same on fp32 rows measured no gain, so they keep the
- * plain loop). The accumulator holds even outputs in acc[0:out/2] and odd ones in acc[out/2:out]. */
+ * plain loop). The prefetch brings the line into L2 only (prefetcht1): against prefetcht0 a whole step's 168 layers
+ * of Qwen2.5-0.5B's shapes at 50% took 0.93x the time, its down projections 0.86x (2026-11-30, AMD EPYC, 2 threads,
+ * alternated in one process), as if fewer prefetches waited on L1's miss buffers. The accumulator holds even outputs
+ * in acc[0:out/2] and odd ones in acc[out/2:out]. */
 static inline float lo_bf16(uint32_t w) { uint32_t u = w << 16; float f; memcpy(&f, &u, sizeof f); return f; }
 static inline float hi_bf16(uint32_t w) { uint32_t u = w & 0xffff0000u; float f; memcpy(&f, &u, sizeof f); return f; }
 
@@ -140,7 +143,7 @@ static void add_rows_bf16_pairs(const uint16_t *wt, int64_t out, const int64_t *
         for (int u = 0; u < 8; ++u) nx[u] = (const uint32_t *)(wt + idx[k + 8 + u < k1 ? k + 8 + u : k1 - 1] * out);
         for (int64_t jb = 0; jb < h; jb += LINE / 4) {
             int64_t je = jb + LINE / 4 < h ? jb + LINE / 4 : h;
-            for (int u = 0; u < 8; ++u) __builtin_prefetch(nx[u] + jb, 0, 3);
+            for (int u = 0; u < 8; ++u) __builtin_prefetch(nx[u] + jb, 0, 1); /* into L2, not L1: see above */
             _Pragma("omp simd") for (int64_t j = jb; j < je; ++j) {
                 uint32_t w0 = r0[j], w1 = r1[j], w2 = r2[j], w3 = r3[j], w4 = r4[j], w5 = r5[j], w6 = r6[j], w7 = r7[j];
                 ae[j] += ((a0 * lo_bf16(w0) + a1 * lo_bf16(w1)) + (a2 * lo_bf16(w2) + a3 * lo_bf16(w3))) +
@@ -173,38 +176,21 @@ static void add_share(const spon_plan *p, int64_t nnz, int t, int T) {
 
 /* Dense GEMV on an output-major matrix (w: [out, in], row j holds output j's weights): y = W x + b. For the
  * output head, whose weight is tied to the embeddings and stored this way, so it is read without a copy. x is
- * widened to float32 once (xf: in floats); each thread takes a contiguous slice of the outputs, four rows per pass
- * (four independent sums keep the loads in flight). */
+ * widened to float32 once (xf: in floats); each thread takes a contiguous slice of the outputs and reads them one
+ * row at a time, front to back: one ascending stream per thread, which the hardware prefetcher follows at the
+ * memory's full rate, where several rows read side by side (four or eight a pass before) held it to ~25 GB/s
+ * (2026-11-30, AMD EPYC, Qwen2.5-0.5B's 151936x896 head on 2 MB pages; the README's decode section). */
 #define SPON_DENSE(NAME, WTYPE, LOAD)                                                                      \
     static void NAME(const void *x, const WTYPE *w, const void *bias, int bias_bf16, void *y, int io_bf16,        \
                      float *xf, int64_t in, int64_t out, int nthreads) {                                   \
         for (int64_t i = 0; i < in; ++i)                                                                   \
             xf[i] = io_bf16 ? bf16(((const uint16_t *)x)[i]) : ((const float *)x)[i];                      \
-        int64_t groups = (out + 3) / 4;                                                                    \
         _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                 \
-        for (int64_t g = 0; g < groups; ++g) {                                                             \
-            int64_t j0 = g * 4, n = out - j0 < 4 ? out - j0 : 4;                                           \
-            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                         \
-            if (n == 4) {                                                                                  \
-                const WTYPE *r0 = w + j0 * in, *r1 = r0 + in, *r2 = r1 + in, *r3 = r2 + in;                \
-                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;                                          \
-                _Pragma("omp simd reduction(+ : s0, s1, s2, s3)") for (int64_t i = 0; i < in; ++i) {       \
-                    float v = xf[i];                                                                       \
-                    s0 += v * LOAD(r0[i]);                                                                 \
-                    s1 += v * LOAD(r1[i]);                                                                 \
-                    s2 += v * LOAD(r2[i]);                                                                 \
-                    s3 += v * LOAD(r3[i]);                                                                 \
-                }                                                                                          \
-                s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;                                                \
-            } else {                                                                                       \
-                for (int64_t u = 0; u < n; ++u) {                                                          \
-                    const WTYPE *r = w + (j0 + u) * in;                                                    \
-                    float su = 0.0f;                                                                       \
-                    _Pragma("omp simd reduction(+ : su)") for (int64_t i = 0; i < in; ++i) su += xf[i] * LOAD(r[i]); \
-                    s[u] = su;                                                                             \
-                }                                                                                          \
-            }                                                                                              \
-            for (int64_t u = 0; u < n; ++u) put(y, j0 + u, s[u] + bias_at(bias, bias_bf16, j0 + u), io_bf16); \
+        for (int64_t j = 0; j < out; ++j) {                                                                \
+            const WTYPE *r = w + j * in;                                                                   \
+            float s = 0.0f;                                                                                \
+            _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < in; ++i) s += xf[i] * LOAD(r[i]); \
+            put(y, j, s + bias_at(bias, bias_bf16, j), io_bf16);                                           \
         }                                                                                                  \
     }
 
@@ -212,38 +198,19 @@ SPON_DENSE(spon_dense_f32, float, AS_F32)
 SPON_DENSE(spon_dense_bf16, uint16_t, bf16)
 
 /* The head's bf16 GEMV, even in: the same pairing along a row; x is split once into its even (xf[0:in/2]) and
- * odd (xf[in/2:in]) entries. 10-15% faster than the widening loop (prefetching ahead measured slower here). */
+ * odd (xf[in/2:in]) entries. 10-15% faster than the widening loop. */
 static void spon_dense_bf16_pairs(const void *x, const uint16_t *w, const void *bias, int bias_bf16, void *y,
                                   int io_bf16, float *xf, int64_t in, int64_t out, int nthreads) {
     int64_t h = in / 2;
     for (int64_t i = 0; i < in; ++i)
         xf[(i & 1) ? h + i / 2 : i / 2] = io_bf16 ? bf16(((const uint16_t *)x)[i]) : ((const float *)x)[i];
     const float *xe = xf, *xo = xf + h;
-    int64_t groups = (out + 3) / 4;
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
-    for (int64_t g = 0; g < groups; ++g) {
-        int64_t j0 = g * 4, n = out - j0 < 4 ? out - j0 : 4;
-        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (n == 4) {
-            const uint32_t *r0 = (const uint32_t *)(w + j0 * in), *r1 = r0 + h, *r2 = r1 + h, *r3 = r2 + h;
-            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-            _Pragma("omp simd reduction(+ : s0, s1, s2, s3)") for (int64_t i = 0; i < h; ++i) {
-                float e = xe[i], o = xo[i];
-                s0 += e * lo_bf16(r0[i]) + o * hi_bf16(r0[i]);
-                s1 += e * lo_bf16(r1[i]) + o * hi_bf16(r1[i]);
-                s2 += e * lo_bf16(r2[i]) + o * hi_bf16(r2[i]);
-                s3 += e * lo_bf16(r3[i]) + o * hi_bf16(r3[i]);
-            }
-            s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
-        } else {
-            for (int64_t u = 0; u < n; ++u) {
-                const uint32_t *r = (const uint32_t *)(w + (j0 + u) * in);
-                float su = 0.0f;
-                _Pragma("omp simd reduction(+ : su)") for (int64_t i = 0; i < h; ++i) su += xe[i] * lo_bf16(r[i]) + xo[i] * hi_bf16(r[i]);
-                s[u] = su;
-            }
-        }
-        for (int64_t u = 0; u < n; ++u) put(y, j0 + u, s[u] + bias_at(bias, bias_bf16, j0 + u), io_bf16);
+    for (int64_t j = 0; j < out; ++j) {
+        const uint32_t *r = (const uint32_t *)(w + j * in);
+        float s = 0.0f;
+        _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < h; ++i) s += xe[i] * lo_bf16(r[i]) + xo[i] * hi_bf16(r[i]);
+        put(y, j, s + bias_at(bias, bias_bf16, j), io_bf16);
     }
 }
 
@@ -252,27 +219,26 @@ static void spon_dense_bf16_pairs(const void *x, const uint16_t *w, const void *
 #define SPON_DPBF16 1
 /* CPUs with AVX512-BF16 (built with -march=native, so decided at build time): vdpbf16ps adds x[2i] w[j,2i] +
  * x[2i+1] w[j,2i+1] into 16 fp32 lanes in one instruction, and a row's consecutive bf16 pairs are already its
- * pairs; for bf16 x and w with in % 32 == 0. Eight rows per pass. The Qwen2.5-0.5B head (151936x896): 18.5 ms
- * against 25.1 ms for the paired loop (two rows per pass: 20.5, four: 19.1). On the input-major sparse kernel the
- * rows must be interleaved first: measured only 4-10% there, so not used. It flushes denormals and sums in fp32 in
- * another order than the loop. */
+ * pairs; for bf16 x and w with in % 32 == 0. One row at a time (two accumulators along it), as the loops above. On
+ * the input-major sparse kernel the rows must be interleaved first: measured 0-4% on a whole step's layers there, so
+ * not used. It flushes denormals and sums in fp32 in another order than the loop. */
 static void spon_dense_bf16_dp(const uint16_t *x, const uint16_t *w, const void *bias, int bias_bf16, uint16_t *y,
                                int64_t in, int64_t out, int nthreads) {
-    int64_t groups = (out + 7) / 8;
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
-    for (int64_t g = 0; g < groups; ++g) {
-        int64_t j0 = g * 8, n = out - j0 < 8 ? out - j0 : 8;
-        const uint16_t *r[8];
-        for (int u = 0; u < 8; ++u) r[u] = w + (j0 + (u < n ? u : 0)) * in;
-        __m512 s[8];
-        for (int u = 0; u < 8; ++u) s[u] = _mm512_setzero_ps();
-        for (int64_t i = 0; i < in; i += 32) {
-            __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x + i));
-            for (int u = 0; u < 8; ++u) s[u] = _mm512_dpbf16_ps(s[u], (__m512bh)_mm512_loadu_si512((const void *)(r[u] + i)), xv);
+    for (int64_t j = 0; j < out; ++j) {
+        const uint16_t *r = w + j * in;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 64 <= in; i += 64) {
+            s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_loadu_si512((const void *)(r + i)),
+                                  (__m512bh)_mm512_loadu_si512((const void *)(x + i)));
+            s1 = _mm512_dpbf16_ps(s1, (__m512bh)_mm512_loadu_si512((const void *)(r + i + 32)),
+                                  (__m512bh)_mm512_loadu_si512((const void *)(x + i + 32)));
         }
-        float v[8];
-        for (int u = 0; u < 8; ++u) v[u] = _mm512_reduce_add_ps(s[u]);
-        for (int64_t u = 0; u < n; ++u) y[j0 + u] = to_bf16(v[u] + bias_at(bias, bias_bf16, j0 + u));
+        if (i < in)
+            s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_loadu_si512((const void *)(r + i)),
+                                  (__m512bh)_mm512_loadu_si512((const void *)(x + i)));
+        y[j] = to_bf16(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) + bias_at(bias, bias_bf16, j));
     }
 }
 #endif
