@@ -7,6 +7,8 @@ import platform
 
 import torch
 
+from .huge_pages import huge_page_mode
+
 __all__ = ["machine", "describe_machine"]
 
 
@@ -20,7 +22,7 @@ def cpu_model() -> str | None:
 
 
 def machine() -> dict:
-    """Platform, CPU model and count, torch threads and version, GPU name (None on a CPU-only machine)."""
+    """Platform, CPU model and count, torch threads and version, GPU name (None on a CPU-only machine), THP mode."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -29,6 +31,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "transparent_huge_pages": huge_page_mode(),  # where the decode head's weight can go (spon.huge_pages)
     }
 
 

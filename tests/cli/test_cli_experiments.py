@@ -212,6 +212,7 @@ def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path, monkeypatch)
     assert run["guards"].startswith("differentiating") and all(run["same_tokens_every_round"].values())
     assert run["head"] == "kernel" and len(timed) == 1
     assert run["attention"] == {"eager": "sdpa", "compiled": "eager"}  # compile_decode_'s CPU choice, dense and ours alike
+    assert run["head_on_huge_pages"] is False  # a tiny head, under one 2 MB page: left where it was
 
 
 def test_llama_cpp_row_says_why_it_is_missing_and_times_the_stream(monkeypatch, tmp_path):

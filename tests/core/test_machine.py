@@ -18,3 +18,9 @@ def test_description_names_the_cpu_model_and_threads():
 def test_machine_reads_the_cpu_model_from_the_os():
     line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
     assert machine()["cpu_model"] == line.split(":", 1)[1].strip()
+
+
+def test_machine_says_the_transparent_huge_page_mode():
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    want = thp.read_text().split("[", 1)[1].split("]", 1)[0] if thp.exists() else "unavailable"
+    assert machine()["transparent_huge_pages"] == want
