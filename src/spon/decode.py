@@ -174,11 +174,11 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
 
 def set_attention(model: nn.Module, implementation: str) -> None:
     """Switch a Hugging Face model's attention implementation in place (`set_attn_implementation` where the model has
-    it, else the config field the attention layers read at each forward)."""
+    it, else the config field the attention layers read at each forward; a model without a config is left alone)."""
     setter = getattr(model, "set_attn_implementation", None)
     if callable(setter):
         setter(implementation)
-    else:
+    elif getattr(model, "config", None) is not None:
         model.config._attn_implementation = implementation
 
 

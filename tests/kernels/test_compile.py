@@ -8,7 +8,7 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, needs_cc, random_ids, with_random_alphas
-from spon.decode import attention_of, compile_decode_, masked_dense, prepare_decode_, warm_guards
+from spon.decode import attention_of, compile_decode_, masked_dense, prepare_decode_, set_attention, warm_guards
 from spon.kernels import op  # noqa: F401  (registers the operators)
 
 pytestmark = [needs_cc, pytest.mark.slow]
@@ -198,7 +198,9 @@ def test_compiled_decode_takes_eager_attention_on_cpu_unless_told_otherwise():
         assert attention_of(model) == "sdpa"
         compile_decode_(model, attention=attention)
         assert attention_of(model) == want, attention
-    assert attention_of(torch.nn.Linear(2, 2)) is None
+    plain = torch.nn.Linear(2, 2)
+    set_attention(plain, "eager")  # no config: nothing to switch, and no error
+    assert attention_of(plain) is None
 
 
 def test_warm_guards_keep_each_warmed_switch_on_its_own_graph():
