@@ -23,7 +23,7 @@ from .fold import fold_
 from .sparsify import _set_submodule, set_attr, sparse_modules
 
 __all__ = [
-    "prepare_decode_", "compile_decode_", "set_attention", "attention_of", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "DecodeState", "input_major",
+    "prepare_decode_", "compile_decode_", "set_attention", "attention_of", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "head_on_huge_pages", "DecodeState", "input_major",
 ]
 
 
@@ -228,9 +228,22 @@ def decode_backends(model: nn.Module, device: torch.device | str | None = None) 
     return out
 
 
+def _decode_head(model: nn.Module) -> DecodeHead | None:
+    return next((m for m in model.modules() if isinstance(m, DecodeHead)), None)
+
+
 def head_path(model: nn.Module) -> str | None:
     """How the prepared output head computes one token ("kernel" or "torch"), or None (no `DecodeHead`)."""
-    return next((m.path for m in model.modules() if isinstance(m, DecodeHead)), None)
+    head = _decode_head(model)
+    return None if head is None else head.path
+
+
+def head_on_huge_pages(model: nn.Module) -> bool:
+    """Whether `prepare_decode_` moved the output head's weight onto huge pages (`huge_pages.move_to_huge_pages_`)."""
+    from .huge_pages import is_huge
+
+    head = _decode_head(model)
+    return head is not None and is_huge(head.weight)
 
 
 def decode_backend(model: nn.Module) -> str:

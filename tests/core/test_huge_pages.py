@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import spon
 from conftest import COMMON, needs_cc
 from spon import huge_pages as hp
-from spon.decode import prepare_decode_
+from spon.decode import head_on_huge_pages, prepare_decode_
 
 needs_thp = pytest.mark.skipif(not hp.huge_pages_available(), reason="no transparent huge pages on this system")
 
@@ -44,5 +44,6 @@ def test_prepare_decode_moves_the_tied_head_and_its_logits_stay():
     prepare_decode_(kept, head="kernel", huge_pages=False)
     assert hp.is_huge(moved.lm_head.weight) and moved.get_input_embeddings().weight is moved.lm_head.weight
     assert kept.lm_head.weight.data_ptr() == ptr
+    assert head_on_huge_pages(moved) and not head_on_huge_pages(kept)  # what decode.json reports
     with torch.no_grad():
         torch.testing.assert_close(moved.lm_head(x), want, atol=1e-5, rtol=1e-5)  # one token: the head kernel

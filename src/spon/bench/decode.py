@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..atomic import ensure_writable_dir
 from ..config import SparsityConfig, opt
 from ..errors import SponError
-from ..decode import attention_of, decode_backend, head_path, masked_dense, prepare_decode_
+from ..decode import attention_of, decode_backend, head_on_huge_pages, head_path, masked_dense, prepare_decode_
 from ..models import ModelArgs
 from ..machine import machine
 from ..sparsify import set_attr, sparse_modules, without_spon
@@ -101,14 +101,6 @@ def generate_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> 
     with set_attr([gc], "eos_token_id", None):
         model.generate(prompt.to(device), max_new_tokens=new_tokens, do_sample=False, streamer=clock, pad_token_id=pad)
     return clock.tokens, clock.times[1] - clock.times[0], clock.times[-1] - clock.times[1]
-
-
-def _head_on_huge_pages(model: nn.Module) -> bool:
-    """Whether prepare_decode_ moved the model's output head onto huge pages (`huge_pages.move_to_huge_pages_`)."""
-    from ..decode_head import DecodeHead
-    from ..huge_pages import is_huge
-
-    return any(isinstance(m, DecodeHead) and is_huge(m.weight) for m in model.modules())
 
 
 @contextlib.contextmanager
@@ -188,7 +180,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
     return {
         "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats,
         "backend": decode_backend(sparse_model), "head": head_path(sparse_model), "tokens_per_s": rate, "round_spread": spread,
-        "head_on_huge_pages": _head_on_huge_pages(sparse_model),
+        "head_on_huge_pages": head_on_huge_pages(sparse_model),
         "attention": {"eager": attention_of(sparse_model), **({"compiled": attention_of(compiled[1])} if compiled is not None else {})},
         "speedup_vs_dense": {k: v / rate["dense"] for k, v in rate.items()},
         **({"speedup_vs_llama_cpp": {k: v / rate["llama_cpp"] for k, v in rate.items()},
