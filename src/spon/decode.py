@@ -23,7 +23,7 @@ from .fold import fold_
 from .sparsify import _set_submodule, set_attr, sparse_modules
 
 __all__ = [
-    "prepare_decode_", "compile_decode_", "set_attention", "attention_of", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "head_on_huge_pages", "DecodeState", "input_major",
+    "prepare_decode_", "compile_decode_", "set_attention", "attention_of", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "head_on_huge_pages", "layers_on_huge_pages", "siblings", "DecodeState", "input_major",
 ]
 
 
@@ -73,7 +73,10 @@ class DecodeState:
     def _build(mod, wt: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor):
         if mod.unfolded_vectors:
             return None  # the plain path adds them
-        if wt.device != x.device or not wt.is_contiguous() or (bias is not None and bias.device != x.device):
+        from .kernels.cpu import rows_readable
+
+        laid_out = rows_readable(wt) if wt.device.type == "cpu" else wt.is_contiguous()
+        if wt.device != x.device or not laid_out or (bias is not None and bias.device != x.device):
             return None  # moved or re-laid-out since prepare_decode_: never hand a kernel a foreign pointer
         from .kernels import GemvPlan
 
@@ -81,32 +84,103 @@ class DecodeState:
 
 
 @torch.no_grad()
-def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", huge_pages: bool = True) -> nn.Module:
+def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", huge_pages: bool = True,
+                    fuse_siblings: bool = True) -> nn.Module:
     """Lay out each sparse layer's weight input-major for the decode kernel, in place.
 
     fold: first fold trained SPON vectors into the biases (exact; zero cost at inference), so every
     layer can take the kernel. Safe to call twice.
     head: how the output head computes one token: "kernel" (our dense GEMV), "torch" (torch's), or "auto" (whichever
     `DecodeHead.choose_path` times faster on this weight here; which one wins differs between hosts).
-    huge_pages: move the output head's weight (with the embeddings it is tied to) onto transparent huge pages where the
-    system grants them (`huge_pages.move_to_huge_pages_`): the head GEMV streams it faster from there.
+    huge_pages: where the system grants transparent huge pages, lay the sparse layers' input-major weights out in one
+    huge-page arena (`huge_pages.huge_slices`) and move the output head's weight (with the embeddings it is tied to)
+    onto such pages (`huge_pages.move_to_huge_pages_`): the GEMVs stream them faster from there.
+    fuse_siblings: on the CPU, layers that read the same input (`siblings`: q/k/v, gate/up) keep their weights side by
+    side in one buffer, each kept input's weights for all of them one contiguous row, which a grouped call
+    (`compile_decode_`'s graph pass) reads at once; each layer's weight is a view of its columns.
     """
     from .kernels import op  # noqa: F401  registers torch.ops.spon.sparse_gemv for compiled steps
 
     mods = sparse_modules(model)
     if fold and any(m.unfolded_vectors for m in mods.values()):
         fold_(model)
-    for m in mods.values():
-        if m.decode is not None:
+    todo = [m for m in mods.values() if m.decode is None]
+    for group, home in _homes(model, todo, huge_pages, fuse_siblings):
+        if home is None:  # laid out on its own, as torch allocates (GPT-2's Conv1D stores [in, out] already)
+            m = group[0]
+            if not m.transposed:
+                m.weight = nn.Parameter(input_major(m).contiguous().t(), requires_grad=False)  # a view: prefill reads it too
             continue
-        if not m.transposed:  # GPT-2 Conv1D stores [in, out] already
-            wt = m.weight.detach().t().contiguous()
-            m.weight = nn.Parameter(wt.t(), requires_grad=False)  # a view: dense/prefill matmuls use the same bytes
+        start = 0
+        for m in group:  # each layer's weight: its columns of the group's rows
+            cols = home[:, start:start + m.out_features]
+            cols.copy_(input_major(m))
+            m.weight = nn.Parameter(cols if m.transposed else cols.t(), requires_grad=False)
+            start += m.out_features
+    for m in todo:
         m.decode = DecodeState(spon_free=not m.unfolded_vectors)
     _swap_head(model, head, huge_pages)
     return model
 
 
+def siblings(model: nn.Module, mods: list | None = None) -> list[list]:
+    """The sparse layers grouped by the input they read (a block's q/k/v, its gate/up; every other layer alone), in
+    the order a forward calls them: found by one single-token forward with hooks, not per architecture. Only layers on
+    the CPU with one dtype, a plain threshold rule and the same input width share a group; where the forward fails,
+    each layer is alone."""
+    mods = list(sparse_modules(model).values()) if mods is None else mods
+    seen: dict[int, list] = {}
+    order: list = []
+    inputs: list = []  # held, so no later tensor takes a freed one's id
+
+    def hook(mod, args):
+        if mod not in order:
+            order.append(mod)
+            inputs.append(args[0])
+            seen.setdefault(id(args[0]), []).append(mod)
+
+    handles = [m.register_forward_pre_hook(hook) for m in mods]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    except Exception:  # noqa: BLE001  (any model a forward cannot run this way: no groups, nothing lost)
+        return [[m] for m in mods]
+    finally:
+        for h in handles:
+            h.remove()
+    groups = []
+    for m in order:
+        group = next(g for g in seen.values() if m in g)
+        if group[0] is not m:
+            continue
+        alike = all(g.weight.device.type == "cpu" and g.weight.dtype == m.weight.dtype and g.in_features == m.in_features
+                    and g.rule.plain for g in group)
+        groups.extend([group] if alike else [[g] for g in group])
+    return groups + [[m] for m in mods if m not in order]  # layers the forward did not reach
+
+
+@torch.no_grad()
+def _homes(model: nn.Module, mods: list, huge_pages: bool, fuse: bool) -> list[tuple[list, torch.Tensor | None]]:
+    """Where each group of layers' input-major weights goes: (layers, [in, their columns] buffer), or (layer, None) for
+    a layer left to torch's allocator. fuse: siblings (`siblings`) share one buffer, each input's weights for all of
+    them one row; huge_pages: all CPU buffers of one dtype lie in one huge-page arena, in module order
+    (`huge_pages.huge_slices`), where the system has such pages."""
+    from .huge_pages import huge_slices
+
+    groups = siblings(model, mods) if fuse and len(mods) > 1 else [[m] for m in mods]
+    shapes = [(g[0].in_features, sum(m.out_features for m in g)) for g in groups]
+    homes: list = [None] * len(groups)
+    cpu = [i for i, g in enumerate(groups) if g[0].weight.device.type == "cpu"]
+    for dtype in {groups[i][0].weight.dtype for i in cpu}:
+        ids = [i for i in cpu if groups[i][0].weight.dtype == dtype]
+        slices = huge_slices([shapes[i] for i in ids], dtype) if huge_pages else None
+        for i, home in zip(ids, slices or [None] * len(ids)):
+            homes[i] = home if home is not None or len(groups[i]) == 1 else torch.empty(shapes[i], dtype=dtype)
+    return list(zip(groups, homes))
+
+
+@torch.no_grad()
 def _swap_head(model: nn.Module, path: str, huge_pages: bool) -> None:
     """The output head (an exact nn.Linear: `get_output_embeddings`) becomes a `DecodeHead` on the same parameters."""
     get = getattr(model, "get_output_embeddings", None)
@@ -127,7 +201,7 @@ def _swap_head(model: nn.Module, path: str, huge_pages: bool) -> None:
 COMPILE_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 
 
-def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projections: bool = False,
+def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projections: bool = True,
                     attention: str | None = "auto") -> nn.Module:
     """Compile the model's forward with torch.compile and make `generate` use a static KV cache, in place.
 
@@ -143,10 +217,13 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
     faster, dense and sparse alike. The scores of a long prompt are materialised ([heads, L, L] per layer) in prefill.
 
     group_projections: sparse layers that read the same input (q/k/v; gate/up) take one operator call per group
-    (`kernels.grouping`, a graph pass; same results), for sparse models only (a dense graph has nothing to group).
-    Off by default: measured on SmolLM2 (2026-11-30, `scripts/ab_grouping.py`) it saved ~9 us of call overhead per
-    group but no speed-up was resolved on the whole step (grouped / per layer 0.96 fp32, 0.99 bf16, rounds spreading
-    +-10%).
+    (`kernels.grouping`, a graph pass), for sparse models only (a dense graph has nothing to group). With the siblings'
+    weights side by side (`prepare_decode_`'s default) the call reads one row per kept input for the whole group.
+    Grouped and side by side, in one huge-page arena, against neither (2026-12-01, AMD EPYC, 2 threads, sparse+SPON
+    compiled, one process per model alternating the copies, median of the paired round ratios;
+    `docs/results/bench-cpu/fused-rows/`): SmolLM2 1.12x fp32, 1.02x bf16; Qwen2.5-0.5B 1.04x fp32, 1.09x bf16. A
+    layer called alone on side-by-side weights reads a strided part of each row: slower than on its own matrix (SmolLM2
+    bf16: 0.95x), so leave this on unless the layers were prepared with `fuse_siblings=False`.
     """
     options = dict(COMPILE_OPTIONS)
     if sparse_modules(model):
@@ -236,6 +313,17 @@ def head_path(model: nn.Module) -> str | None:
     """How the prepared output head computes one token ("kernel" or "torch"), or None (no `DecodeHead`)."""
     head = _decode_head(model)
     return None if head is None else head.path
+
+
+def layers_on_huge_pages(model: nn.Module) -> bool:
+    """Whether `prepare_decode_` laid the sparse layers' weights out in a huge-page arena (`huge_pages.huge_slices`):
+    all of them on one storage, the first starting on a 2 MB boundary."""
+    from .huge_pages import is_huge
+
+    weights = [m.weight for m in sparse_modules(model).values() if m.decode is not None]
+    if not weights or len({w.untyped_storage().data_ptr() for w in weights}) != 1:
+        return False
+    return is_huge(min(weights, key=lambda w: w.data_ptr()))
 
 
 def head_on_huge_pages(model: nn.Module) -> bool:

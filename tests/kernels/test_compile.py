@@ -146,6 +146,34 @@ def _layers_per_input(model, ids) -> list[int]:
     return list(counts.values())
 
 
+def test_prepare_decode_lays_siblings_side_by_side_and_each_layer_reads_the_same(arch):
+    """The layers that read one input (`siblings`) share one buffer, each input's weights for all of them one row, in
+    call order; each layer's weight is a view of its columns, so dense (prefill) and kernel (single-token) paths give
+    what the unfused model gives."""
+    model, _ = calibrated(arch)
+    with_random_alphas(model)
+    plain, _ = calibrated(arch)
+    with_random_alphas(plain)
+    ids = random_ids(1, 6, seed=3)
+    from spon.decode import siblings
+
+    groups = siblings(model)
+    assert sorted(len(g) for g in groups) == sorted(_layers_per_input(model, ids))
+    prepare_decode_(model, huge_pages=False)
+    prepare_decode_(plain, huge_pages=False, fuse_siblings=False)
+    for group in groups:
+        wts = [m.matrix.t() for m in group]
+        width = sum(w.shape[1] for w in wts)
+        assert all(w.stride() == (width, 1) for w in wts)  # one row of all their columns per input
+        assert all(b.data_ptr() == a.data_ptr() + a.shape[1] * a.element_size() for a, b in zip(wts, wts[1:]))
+    for m in spon.sparse_modules(plain).values():
+        assert m.matrix.t().is_contiguous()
+    tokens, logits = _generate(model, ids)
+    want_tokens, want_logits = _generate(plain, ids)
+    assert torch.equal(tokens, want_tokens)
+    torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("group", [True, False], ids=["grouped", "one-call-per-layer"])
 def test_compiled_steps_equal_eager_steps(arch, group):
     torch._dynamo.reset()

@@ -341,3 +341,49 @@ def test_head_takes_the_gemv_that_times_faster_here(monkeypatch):
     assert dh.DecodeHead(half).path == "torch"
     with pytest.raises(ValueError, match="head path"):
         dh.DecodeHead(linear, "fast")
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("widths", [(48, 16, 34), (48, 16, 33)], ids=["even", "odd"])
+def test_siblings_in_one_buffer_are_read_as_one_row_and_each_keeps_its_threshold(dtype, widths):
+    """Layers whose weights lie side by side in one [in, ld] buffer (and accumulators back to back) take the fused loop:
+    one row per input any of them keeps, each layer's coefficient zero where its own threshold drops the input; each
+    still gets its own W S(x) + b (float32 rounding apart; odd widths: the unpaired bf16 loop)."""
+    import ctypes
+
+    k = cpu.cpu_kernel()
+    g = torch.Generator().manual_seed(4)
+    n_in, T, n = 200, 2, len(widths)
+    x = torch.randn(n_in, generator=g).to(dtype)
+    rows = torch.randn(n_in, sum(widths), generator=g).to(dtype)  # the siblings' fused rows
+    starts = [sum(widths[:s]) for s in range(n)]
+    wt = [rows[:, a:a + w] for a, w in zip(starts, widths)]  # each layer's weight: a strided view of its columns
+    taus = [float(x.float().abs().quantile(q).to(dtype)) for q in (0.3, 0.6, 0.45)]  # as the operator rounds them
+    bias = [torch.randn(w, generator=g) for w in widths]
+    acc = torch.zeros(T * sum(widths))
+    idx, val = [torch.zeros(n_in, dtype=torch.int64) for _ in widths], [torch.zeros(n_in) for _ in widths]
+    ys = [torch.empty(w, dtype=dtype) for w in widths]
+
+    def plans(weights, accs):
+        return [cpu._Plan(w.data_ptr(), b.data_ptr(), a, i.data_ptr(), v.data_ptr(), n_in, w.shape[1], t, T,
+                          int(dtype == torch.bfloat16), int(dtype == torch.bfloat16), 0, cpu.row_stride(w))
+                for w, b, a, i, v, t in zip(weights, bias, accs, idx, val, taus)]
+
+    def call(ps):
+        arr = (ctypes.c_void_p * n)(*[ctypes.addressof(p) for p in ps])
+        k.lib.spon_gemv_multi(arr, n, ctypes.c_void_p(x.data_ptr()), (ctypes.c_void_p * n)(*[y.data_ptr() for y in ys]))
+        return arr
+
+    back_to_back = [acc.data_ptr() + 4 * T * a for a in starts]
+    fused = plans(wt, back_to_back)
+    assert k.lib.spon_gemv_fusable(call(fused), n) == 1
+    for y, w, b, t in zip(ys, wt, bias, taus):
+        torch.testing.assert_close(y, expected(x, w, b.to(dtype), t), **TOL[dtype])
+    got = [y.clone() for y in ys]
+    apart = [w.contiguous() for w in wt]  # the same layers as separate matrices: one loop each
+    assert k.lib.spon_gemv_fusable(call(plans(apart, back_to_back)), n) == 0
+    for a, b in zip(got, ys):
+        torch.testing.assert_close(a, b, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-5 if dtype == torch.float32 else 1e-2)
+    loose = plans(wt, [torch.zeros(T * w).data_ptr() for w in widths])
+    assert k.lib.spon_gemv_fusable((ctypes.c_void_p * n)(*[ctypes.addressof(p) for p in loose]), n) == 0  # accumulators apart

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from ..atomic import ensure_writable_dir
 from ..config import SparsityConfig, opt
 from ..errors import SponError
-from ..decode import attention_of, decode_backend, head_on_huge_pages, head_path, masked_dense, prepare_decode_
+from ..decode import (attention_of, decode_backend, head_on_huge_pages, head_path, layers_on_huge_pages, masked_dense,
+                      prepare_decode_)
 from ..models import ModelArgs
 from ..machine import machine
 from ..sparsify import set_attr, sparse_modules, without_spon
@@ -181,6 +182,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats,
         "backend": decode_backend(sparse_model), "head": head_path(sparse_model), "tokens_per_s": rate, "round_spread": spread,
         "head_on_huge_pages": head_on_huge_pages(sparse_model),
+        "layers_on_huge_pages": layers_on_huge_pages(sparse_model),
         "attention": {"eager": attention_of(sparse_model), **({"compiled": attention_of(compiled[1])} if compiled is not None else {})},
         "speedup_vs_dense": {k: v / rate["dense"] for k, v in rate.items()},
         **({"speedup_vs_llama_cpp": {k: v / rate["llama_cpp"] for k, v in rate.items()},

@@ -120,11 +120,22 @@ class CpuKernel:
         return float(self.lib.spon_read_sum(buf.data_ptr(), buf.numel(), threads or torch.get_num_threads()))
 
 
+def rows_readable(wt: torch.Tensor) -> bool:
+    """Whether the sparse kernel reads this input-major weight [in, out] in place: each row's columns contiguous, rows
+    ld >= out apart (ld = out alone; more for a layer inside its siblings' fused rows, `decode.prepare_decode_`)."""
+    return wt.dim() == 2 and (wt.shape[1] <= 1 or wt.stride(1) == 1) and (wt.shape[0] <= 1 or wt.stride(0) >= wt.shape[1])
+
+
+def row_stride(wt: torch.Tensor) -> int:
+    """The distance between consecutive rows of a 2-D weight, in elements (its width where it has one row)."""
+    return wt.stride(0) if wt.shape[0] > 1 else wt.shape[1]
+
+
 class _Plan(ctypes.Structure):  # mirrors spon_plan in spon_plan.h
     _fields_ = [("wt", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("acc", ctypes.c_void_p), ("idx", ctypes.c_void_p),
                 ("val", ctypes.c_void_p), ("n_in", ctypes.c_int64), ("n_out", ctypes.c_int64), ("tau", ctypes.c_float),
                 ("nthreads", ctypes.c_int), ("io_bf16", ctypes.c_int), ("w_bf16", ctypes.c_int),
-                ("bias_bf16", ctypes.c_int)]
+                ("bias_bf16", ctypes.c_int), ("ld", ctypes.c_int64)]
 
 
 class PreparedGemv:
@@ -135,8 +146,9 @@ class PreparedGemv:
 
     def __init__(self, kernel: CpuKernel, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype,
                  threads: int, output_major: bool = False):
-        if dtype not in CpuKernel.IO or not kernel.supports(wt.dtype) or not wt.is_contiguous():
-            raise ValueError(f"no prepared CPU call for x {dtype} and weight {wt.dtype} (contiguous={wt.is_contiguous()})")
+        laid_out = wt.is_contiguous() if output_major else rows_readable(wt)
+        if dtype not in CpuKernel.IO or not kernel.supports(wt.dtype) or not laid_out:
+            raise ValueError(f"no prepared CPU call for x {dtype} and weight {wt.dtype} (strides {wt.stride()})")
         n_in, n_out = (wt.shape[1], wt.shape[0]) if output_major else wt.shape
         self.wt, self.dtype, self.n_in, self.n_out = wt, dtype, n_in, n_out
         self.bias = bias.float().contiguous() if bias is not None else None
@@ -144,7 +156,7 @@ class PreparedGemv:
         acc = self.scratch.acc.data_ptr() if self.scratch.acc is not None else None
         self.args = _Plan(wt.data_ptr(), self.bias.data_ptr() if self.bias is not None else None, acc,
                           self.scratch.idx.data_ptr(), self.scratch.val.data_ptr(), n_in, n_out, tau, threads,
-                          int(dtype == torch.bfloat16), int(wt.dtype == torch.bfloat16), 0)
+                          int(dtype == torch.bfloat16), int(wt.dtype == torch.bfloat16), 0, row_stride(wt))
         self.ptr = ctypes.addressof(self.args)
         self.fn = kernel.lib.spon_dense_plan if output_major else kernel.lib.spon_gemv_plan
 

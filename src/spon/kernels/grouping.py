@@ -3,11 +3,13 @@ projections; its gate and up projections) become one `spon.sparse_gemv_multi` ca
 call, one thread fork and one barrier instead of one each. Found in the traced graph, not in per-architecture code:
 any model whose projections share an input gets it.
 
-Each layer keeps its own weights, threshold and bias, and gets exactly what its own call gives (the kernel sums each
-layer's rows in the same order), so grouping changes no result. Registered as inductor's post-grad custom pass by
-`decode.compile_decode_(model, group_projections=True)`; off by default, as it bought no resolved speed-up on a whole
-SmolLM2 step (the README's decode section has the figures): the layers' weights stay separate matrices, so the group
-saves calls and thread forks, not the short-row reads a concatenated layout would lengthen.
+Each layer keeps its own weights, threshold and bias. On separate matrices it gets exactly what its own call gives
+(the kernel sums each layer's rows in the same order); on the side-by-side layout `decode.prepare_decode_` gives
+siblings (each input's weights for the whole group one row), the kernel reads one row per input any of them keeps,
+each layer's coefficient zero where its own threshold drops the input: the same sums up to float32 rounding. Registered
+as inductor's post-grad custom pass by `decode.compile_decode_` (on by default, `group_projections=False` turns it
+off): on separate matrices it saved calls and thread forks but no resolved time on a whole SmolLM2 step; with the
+side-by-side rows 1.02-1.12x (the README's decode section has the figures).
 """
 
 from __future__ import annotations

@@ -20,6 +20,13 @@ namespace {
 
 bool readable(const at::Tensor &t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
 
+// An input-major weight [in, out] the kernel reads in place: rows of contiguous columns, row stride ld >= out (a layer
+// alone: ld = out; a layer inside its siblings' fused rows: ld = all their columns).
+bool rows_readable(const at::Tensor &wt) {
+    return readable(wt) && wt.dim() == 2 && (wt.size(0) <= 1 || wt.stride(0) >= wt.size(1)) && (wt.size(1) <= 1 || wt.stride(1) == 1);
+}
+int64_t row_stride(const at::Tensor &wt) { return wt.size(0) > 1 ? wt.stride(0) : wt.size(1); }
+
 struct Scratch {
     std::vector<int64_t> idx;
     std::vector<float> val, acc;
@@ -77,27 +84,28 @@ at::Tensor sparse_gemv_cpu(const at::Tensor &x, const at::Tensor &wt, const c10:
                            const at::Tensor &tau) {
     int64_t in = wt.size(0), out = wt.size(1);
     float t = threshold_for(tau, x);
-    if (!readable(x) || !readable(wt) || !wt.is_contiguous() || x.numel() != in)
+    if (!readable(x) || !rows_readable(wt) || x.numel() != in)
         return sparse_gemv_reference(x, wt, bias, t);
     at::Tensor xc = x.contiguous(), b = kernel_bias(bias);
     int threads = at::get_num_threads();
     scratch.fit(in, (int64_t)threads * out);
     at::Tensor y = at::empty(out_shape(x, out), x.options());
     spon_plan p{wt.data_ptr(), bias_ptr(b), scratch.acc.data(), scratch.idx.data(), scratch.val.data(), in, out, t,
-                threads, x.scalar_type() == at::kBFloat16, wt.scalar_type() == at::kBFloat16, bias_is_bf16(b)};
+                threads, x.scalar_type() == at::kBFloat16, wt.scalar_type() == at::kBFloat16, bias_is_bf16(b), row_stride(wt)};
     spon_gemv_plan(&p, xc.data_ptr(), y.data_ptr());
     return y;
 }
 
 // Layers that read the same x (grouped by the compiled graph's pass, kernels/grouping.py): one kernel call for all,
-// each with its own threshold, bias and scratch; what each gets equals its own sparse_gemv call. A layer the kernel
-// does not read sends the whole group through sparse_gemv_cpu one by one.
+// each with its own threshold, bias and scratch (accumulators back to back); siblings whose weights `prepare_decode_`
+// laid side by side in one buffer are read as one row per kept input (spon_gemv_multi). A layer the kernel does not
+// read sends the whole group through sparse_gemv_cpu one by one.
 std::vector<at::Tensor> sparse_gemv_multi_cpu(const at::Tensor &x, at::TensorList wt,
                                               const c10::List<std::optional<at::Tensor>> &bias, at::TensorList tau) {
     int64_t n = (int64_t)wt.size(), in = x.numel();
     TORCH_CHECK(n == (int64_t)bias.size() && n == (int64_t)tau.size(), "sparse_gemv_multi: wt, bias and tau differ in length");
     bool direct = n >= 1 && n <= SPON_MAX_GROUP && readable(x);
-    for (const at::Tensor &w : wt) direct = direct && readable(w) && w.is_contiguous() && w.size(0) == in;
+    for (const at::Tensor &w : wt) direct = direct && rows_readable(w) && w.size(0) == in;
     std::vector<at::Tensor> ys;
     if (!direct) {
         for (int64_t s = 0; s < n; ++s) ys.push_back(sparse_gemv_cpu(x, wt[s], bias.get(s), tau[s]));
@@ -119,7 +127,7 @@ std::vector<at::Tensor> sparse_gemv_multi_cpu(const at::Tensor &x, at::TensorLis
         ys.push_back(at::empty(out_shape(x, out), x.options()));
         plans[s] = spon_plan{wt[s].data_ptr(), bias_ptr(biases[s]), scratch.acc.data() + acc, scratch.idx.data() + s * in,
                              scratch.val.data() + s * in, in, out, t, threads, x.scalar_type() == at::kBFloat16,
-                             wt[s].scalar_type() == at::kBFloat16, bias_is_bf16(biases[s])};
+                             wt[s].scalar_type() == at::kBFloat16, bias_is_bf16(biases[s]), row_stride(wt[s])};
         ptrs[s] = &plans[s];
         outputs[s] = ys[s].data_ptr();
         acc += (int64_t)threads * out;
@@ -138,7 +146,7 @@ at::Tensor dense_gemv_cpu(const at::Tensor &x, const at::Tensor &w, const c10::o
     scratch.fit(in, 0);
     at::Tensor y = at::empty(out_shape(x, out), x.options());
     spon_plan p{w.data_ptr(), bias_ptr(b), nullptr, scratch.idx.data(), scratch.val.data(), in, out, 0.0f, threads,
-                x.scalar_type() == at::kBFloat16, w.scalar_type() == at::kBFloat16, bias_is_bf16(b)};
+                x.scalar_type() == at::kBFloat16, w.scalar_type() == at::kBFloat16, bias_is_bf16(b), in};
     spon_dense_plan(&p, xc.data_ptr(), y.data_ptr());
     return y;
 }

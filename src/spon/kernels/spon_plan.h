@@ -13,6 +13,7 @@ typedef struct {
     int64_t in, out;
     float tau;
     int nthreads, io_bf16, w_bf16, bias_bf16;
+    int64_t ld; /* row stride of wt in elements (a layer's columns inside its siblings' fused rows); 0: out */
 } spon_plan;
 
 #define SPON_MAX_GROUP 8 /* layers one spon_gemv_multi call takes (a block's q/k/v is 3) */
@@ -22,6 +23,7 @@ extern "C" {
 #endif
 int64_t spon_gemv_plan(const spon_plan *p, const void *x, void *y);
 int64_t spon_gemv_multi(const spon_plan *const *plans, int n, const void *x, void *const *ys);
+int spon_gemv_fusable(const spon_plan *const *plans, int n);
 void spon_dense_plan(const spon_plan *p, const void *x, void *y);
 #ifdef __cplusplus
 }
