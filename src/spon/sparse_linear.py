@@ -198,6 +198,14 @@ class SparseLinear(FrozenConstants, CountsZeros, nn.Module):
             y = y + F.linear(F.linear(x - xs, v), u)
         return y
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        w = destination.get(prefix + "weight")
+        if w is not None and w.untyped_storage().nbytes() > w.numel() * w.element_size():
+            # a view into rows shared with other layers (`decode.prepare_decode_`): saved as a matrix of its own, as
+            # savers that look for tensors sharing memory (Hugging Face's save_pretrained) expect
+            destination[prefix + "weight"] = w.detach().contiguous()
+
     def __getstate__(self) -> dict:
         """Copies and pickles leave the prepared decode step behind (it holds raw pointers); it is rebuilt on use."""
         state = dict(self.__dict__)

@@ -250,3 +250,20 @@ def test_warm_guards_keep_each_warmed_switch_on_its_own_graph():
         for name, ctx in reversed(switches.items()):
             with ctx():
                 assert torch.equal(_generate(model, ids)[1], ref[name]), name
+
+
+def test_a_prepared_model_saves_each_weight_as_its_own_matrix(tmp_path):
+    """Weights that are views into shared rows (siblings side by side) come out of state_dict as matrices of their own,
+    with the values of the unprepared model, and Hugging Face's save_pretrained writes them."""
+    model, _ = calibrated("llama")
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    prepare_decode_(model)
+    got = model.state_dict()
+    mods = spon.sparse_modules(model)
+    assert any(m.weight.untyped_storage().nbytes() > m.weight.nbytes for m in mods.values())  # q/k/v, gate/up share rows
+    for name, m in mods.items():
+        shared = m.weight.untyped_storage().nbytes() > m.weight.nbytes
+        assert torch.equal(got[name + ".weight"], want[name + ".weight"])
+        assert not shared or got[name + ".weight"].untyped_storage().nbytes() == m.weight.nbytes  # a copy of its own
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
