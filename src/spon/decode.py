@@ -23,7 +23,7 @@ from .fold import fold_
 from .sparsify import _set_submodule, set_attr, sparse_modules
 
 __all__ = [
-    "prepare_decode_", "compile_decode_", "set_attention", "attention_of", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "head_on_huge_pages", "layers_on_huge_pages", "siblings", "DecodeState", "input_major",
+    "prepare_decode_", "compile_decode_", "set_attention", "attention_of", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "head_on_huge_pages", "layers_on_huge_pages", "siblings", "SiblingCall", "DecodeState", "input_major",
 ]
 
 
@@ -41,12 +41,13 @@ class DecodeState:
     Before any foreign call the weight must be contiguous input-major on the input's device.
     """
 
-    __slots__ = ("use_kernel", "spon_free", "plan", "_key", "_versions")
+    __slots__ = ("use_kernel", "spon_free", "plan", "siblings", "_key", "_versions")
 
     def __init__(self, use_kernel: bool = True, spon_free: bool = True):
         self.use_kernel = use_kernel
         self.spon_free = spon_free  # no unfolded vectors when prepared: what a compiled step may assume
         self.plan = None
+        self.siblings: SiblingCall | None = None  # set by prepare_decode_ for layers side by side with others
         self._key: tuple | None = None
         self._versions: tuple = ()
 
@@ -58,6 +59,10 @@ class DecodeState:
         """W S(x) + bias for one token through the kernel; None: this layer or input takes the plain path."""
         if not self.use_kernel or not mod.rule.plain:
             return None
+        if self.siblings is not None:
+            y = self.siblings.output(mod, x)
+            if y is not None:
+                return y
         bias = mod.folded_bias if mod.folded else mod.bias
         key = (x.dtype, x.device, mod.weight.data_ptr(), mod.threshold, mod.alpha, bias, mod.neurons)  # no view per call
         versions = (mod.threshold._version, mod.alpha._version, 0 if bias is None else bias._version)
@@ -83,6 +88,44 @@ class DecodeState:
         return GemvPlan(wt, bias, float(mod.threshold), x.dtype)
 
 
+class SiblingCall:
+    """Layers whose weights `prepare_decode_` laid side by side (q/k/v; gate/up), outside compiled graphs: the first
+    one's single-token call runs the whole group through one `torch.ops.spon.sparse_gemv_multi` call (one row per
+    kept input, as the compiled graph's grouped call reads them) and the others take their output from it while the
+    input is the same tensor, unchanged; called alone, a layer would read a strided part of every row. Where a member
+    cannot take the kernel (unfolded vectors, another rule, a switch off) each layer goes its own way."""
+
+    __slots__ = ("mods", "_x", "_version", "_ys", "_state", "_usable")
+
+    def __init__(self, mods: list):
+        self.mods = mods
+        self._x, self._version, self._ys = None, -1, None
+        self._state, self._usable = None, False
+
+    def usable(self) -> bool:
+        """Whether every member takes the kernel now: decided again only when a switch, rule, threshold, vector or
+        folded bias changed (flags and versions compared by value, the objects by identity)."""
+        state = [(m.decode.use_kernel, m.rule.plain, m.alpha._version, m.threshold, m.rule, m.folded_bias, m.neurons)
+                 for m in self.mods]
+        if self._state is None or any(a[:3] != b[:3] or any(x is not y for x, y in zip(a[3:], b[3:]))
+                                      for a, b in zip(state, self._state)):
+            self._state = state
+            self._usable = all(m.decode.use_kernel and m.rule.plain and not m.unfolded_vectors for m in self.mods)
+        return self._usable
+
+    def output(self, mod, x: torch.Tensor) -> torch.Tensor | None:
+        """mod's W S(x) + bias, computed with its siblings'; None: the plain or single-layer path."""
+        if mod is self.mods[0] or self._x is not x or self._version != x._version:
+            self._x = self._ys = None
+            if not self.usable():
+                return None
+            self._ys = torch.ops.spon.sparse_gemv_multi(
+                x, [input_major(m) for m in self.mods], [m.folded_bias if m.folded else m.bias for m in self.mods],
+                [m.threshold for m in self.mods])
+            self._x, self._version = x, x._version
+        return self._ys[next(i for i, m in enumerate(self.mods) if m is mod)]
+
+
 @torch.no_grad()
 def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", huge_pages: bool = True,
                     fuse_siblings: bool = True) -> nn.Module:
@@ -105,7 +148,8 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", 
     if fold and any(m.unfolded_vectors for m in mods.values()):
         fold_(model)
     todo = [m for m in mods.values() if m.decode is None]
-    for group, home in _homes(model, todo, huge_pages, fuse_siblings):
+    layout = _homes(model, todo, huge_pages, fuse_siblings)
+    for group, home in layout:
         if home is None:  # laid out on its own, as torch allocates (GPT-2's Conv1D stores [in, out] already)
             m = group[0]
             if not m.transposed:
@@ -119,6 +163,11 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", 
             start += m.out_features
     for m in todo:
         m.decode = DecodeState(spon_free=not m.unfolded_vectors)
+    for group, home in layout:
+        if home is not None and len(group) > 1:
+            call = SiblingCall(group)
+            for m in group:
+                m.decode.siblings = call
     _swap_head(model, head, huge_pages)
     return model
 

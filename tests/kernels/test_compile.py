@@ -168,10 +168,18 @@ def test_prepare_decode_lays_siblings_side_by_side_and_each_layer_reads_the_same
         assert all(b.data_ptr() == a.data_ptr() + a.shape[1] * a.element_size() for a, b in zip(wts, wts[1:]))
     for m in spon.sparse_modules(plain).values():
         assert m.matrix.t().is_contiguous()
-    tokens, logits = _generate(model, ids)
+    with torch.profiler.profile() as prof:
+        tokens, logits = _generate(model, ids)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    groups_of_more = sum(len(g) > 1 for g in groups)
+    assert calls.get("spon::sparse_gemv_multi", 0) == 7 * groups_of_more  # eager too: one call per group and step
     want_tokens, want_logits = _generate(plain, ids)
     assert torch.equal(tokens, want_tokens)
     torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+    with spon.without_spon(model), spon.without_spon(plain):  # a switch reaches every member of a group
+        torch.testing.assert_close(_generate(model, ids)[1], _generate(plain, ids)[1], atol=1e-5, rtol=1e-5)
+    with masked_dense(model):
+        torch.testing.assert_close(_generate(model, ids)[1], want_logits, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("group", [True, False], ids=["grouped", "one-call-per-layer"])
