@@ -95,22 +95,24 @@ class SiblingCall:
     input is the same tensor, unchanged; called alone, a layer would read a strided part of every row. Where a member
     cannot take the kernel (unfolded vectors, another rule, a switch off) each layer goes its own way."""
 
-    __slots__ = ("mods", "_x", "_version", "_ys", "_state", "_usable")
+    __slots__ = ("mods", "_x", "_version", "_ys", "_state", "_usable", "_args")
 
     def __init__(self, mods: list):
         self.mods = mods
         self._x, self._version, self._ys = None, -1, None
-        self._state, self._usable = None, False
+        self._state, self._usable, self._args = None, False, ()
 
     def usable(self) -> bool:
-        """Whether every member takes the kernel now: decided again only when a switch, rule, threshold, vector or
-        folded bias changed (flags and versions compared by value, the objects by identity)."""
-        state = [(m.decode.use_kernel, m.rule.plain, m.alpha._version, m.threshold, m.rule, m.folded_bias, m.neurons)
-                 for m in self.mods]
-        if self._state is None or any(a[:3] != b[:3] or any(x is not y for x, y in zip(a[3:], b[3:]))
+        """Whether every member takes the kernel now: decided again (with the operator's arguments) only when a switch,
+        rule, weight, threshold, vector or bias changed (flags, versions and pointers by value, objects by identity)."""
+        state = [(m.decode.use_kernel, m.rule.plain, m.alpha._version, m.weight.data_ptr(), m.threshold, m.rule,
+                  m.bias, m.folded_bias, m.neurons) for m in self.mods]
+        if self._state is None or any(a[:4] != b[:4] or any(x is not y for x, y in zip(a[4:], b[4:]))
                                       for a, b in zip(state, self._state)):
             self._state = state
             self._usable = all(m.decode.use_kernel and m.rule.plain and not m.unfolded_vectors for m in self.mods)
+            self._args = ([input_major(m) for m in self.mods], [m.folded_bias if m.folded else m.bias for m in self.mods],
+                          [m.threshold for m in self.mods])  # the operator's arguments: views, read at each call
         return self._usable
 
     def output(self, mod, x: torch.Tensor) -> torch.Tensor | None:
@@ -119,9 +121,7 @@ class SiblingCall:
             self._x = self._ys = None
             if not self.usable():
                 return None
-            self._ys = torch.ops.spon.sparse_gemv_multi(
-                x, [input_major(m) for m in self.mods], [m.folded_bias if m.folded else m.bias for m in self.mods],
-                [m.threshold for m in self.mods])
+            self._ys = torch.ops.spon.sparse_gemv_multi(x, *self._args)
             self._x, self._version = x, x._version
         return self._ys[next(i for i, m in enumerate(self.mods) if m is mod)]
 
