@@ -300,7 +300,7 @@ static int fusable(const spon_plan *const *plans, int n) {
  * groups of eight). Otherwise each plan gets exactly the sums its single call gives. The threads are plans[0]'s.
  * Returns the kept count of plans[0]. */
 int64_t spon_gemv_multi(const spon_plan *const *plans, int n, const void *x, void *const *ys) {
-    int64_t nnz[SPON_MAX_GROUP];
+    int64_t nnz[SPON_MAX_GROUP], kept0;
     seg_t seg[SPON_MAX_GROUP];
     if (n < 1 || n > SPON_MAX_GROUP) return -1;
     const spon_plan *p0 = plans[0];
@@ -309,27 +309,27 @@ int64_t spon_gemv_multi(const spon_plan *const *plans, int n, const void *x, voi
         float lowest = p0->tau;
         for (int s = 1; s < n; ++s) lowest = plans[s]->tau < lowest ? plans[s]->tau : lowest;
         nnz[0] = select_kept(x, p0->io_bf16, p0->in, lowest, p0->idx, p0->val);
+        /* each plan's coefficients from the kept values in plan 0's val, zero where its own threshold drops the input;
+         * plan 0 last, as it rewrites the source in place */
+        const float *src = p0->val;
+        for (int s = n - 1; s >= 0; --s) {
+            float *v = plans[s]->val, tau = plans[s]->tau;
+            kept0 = 0;
+            for (int64_t k = 0; k < nnz[0]; ++k) {
+                kept0 += fabsf(src[k]) > tau;
+                v[k] = fabsf(src[k]) > tau ? src[k] : 0.0f;
+            }
+        }
         for (int64_t s = 0, c = 0; s < n; c += plans[s]->out, ++s) {
             pairs = pairs && plans[s]->out % 2 == 0;
-            float *v = plans[s]->val;
-            if (s > 0)
-                for (int64_t k = 0; k < nnz[0]; ++k) v[k] = p0->val[k];
-            seg[s] = (seg_t){c, c + plans[s]->out, v};
-        }
-        for (int s = 0; s < n; ++s) { /* after the copies: plan 0's val is the source above */
-            float *v = plans[s]->val, tau = plans[s]->tau;
-            int64_t kept = 0;
-            for (int64_t k = 0; k < nnz[0]; ++k) {
-                kept += fabsf(v[k]) > tau;
-                v[k] = fabsf(v[k]) > tau ? v[k] : 0.0f;
-            }
-            if (s == 0) nnz[1] = kept;
+            seg[s] = (seg_t){c, c + plans[s]->out, plans[s]->val};
         }
     } else {
         for (int s = 0; s < n; ++s) {
             nnz[s] = select_kept(x, plans[s]->io_bf16, plans[s]->in, plans[s]->tau, plans[s]->idx, plans[s]->val);
             seg[s] = (seg_t){0, plans[s]->out, plans[s]->val};
         }
+        kept0 = nnz[0];
     }
     _Pragma("omp parallel num_threads(p0->nthreads)") {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -348,7 +348,7 @@ int64_t spon_gemv_multi(const spon_plan *const *plans, int n, const void *x, voi
                 sum_shares(p->acc, p->bias, p->bias_bf16, ys[s], p->io_bf16, p->out, p->out, 0, paired(p), t, T);
         }
     }
-    return fused ? nnz[1] : nnz[0];
+    return kept0;
 }
 
 /* Whether spon_gemv_multi reads these plans as one fused row per kept input (for tests and benchmarks). */
