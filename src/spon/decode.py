@@ -38,7 +38,8 @@ class DecodeState:
     The step (bias in float32, threshold rounded, buffers, packed arguments) is built on the first call and
     again only when what it was built from changed: the threshold, bias or vectors (in place: tensor
     versions; reassigned: identity), the weight's storage (a `model.to(...)` moves it), or the input dtype.
-    Before any foreign call the weight must be contiguous input-major on the input's device.
+    Before any foreign call the weight must be input-major on the input's device: rows of contiguous columns on the
+    CPU (`kernels.cpu.rows_readable`: alone, or its columns of its siblings' rows), contiguous elsewhere.
     """
 
     __slots__ = ("use_kernel", "spon_free", "plan", "siblings", "_key", "_versions")
@@ -148,26 +149,22 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", 
     if fold and any(m.unfolded_vectors for m in mods.values()):
         fold_(model)
     todo = [m for m in mods.values() if m.decode is None]
-    layout = _homes(model, todo, huge_pages, fuse_siblings)
-    for group, home in layout:
+    for group, home in _homes(model, todo, huge_pages, fuse_siblings):
         if home is None:  # laid out on its own, as torch allocates (GPT-2's Conv1D stores [in, out] already)
             m = group[0]
             if not m.transposed:
                 m.weight = nn.Parameter(input_major(m).contiguous().t(), requires_grad=False)  # a view: prefill reads it too
-            continue
-        start = 0
-        for m in group:  # each layer's weight: its columns of the group's rows
-            cols = home[:, start:start + m.out_features]
-            cols.copy_(input_major(m))
-            m.weight = nn.Parameter(cols if m.transposed else cols.t(), requires_grad=False)
-            start += m.out_features
-    for m in todo:
-        m.decode = DecodeState(spon_free=not m.unfolded_vectors)
-    for group, home in layout:
-        if home is not None and len(group) > 1:
-            call = SiblingCall(group)
-            for m in group:
-                m.decode.siblings = call
+        else:
+            start = 0
+            for m in group:  # each layer's weight: its columns of the group's rows
+                cols = home[:, start:start + m.out_features]
+                cols.copy_(input_major(m))
+                m.weight = nn.Parameter(cols if m.transposed else cols.t(), requires_grad=False)
+                start += m.out_features
+        call = SiblingCall(group) if len(group) > 1 else None
+        for m in group:
+            m.decode = DecodeState(spon_free=not m.unfolded_vectors)
+            m.decode.siblings = call
     _swap_head(model, head, huge_pages)
     return model
 
@@ -178,13 +175,13 @@ def siblings(model: nn.Module, mods: list | None = None) -> list[list]:
     the CPU with one dtype, a plain threshold rule and the same input width share a group; where the forward fails,
     each layer is alone."""
     mods = list(sparse_modules(model).values()) if mods is None else mods
-    seen: dict[int, list] = {}
-    order: list = []
+    seen: dict[int, list] = {}  # input id -> the layers that read it, in call order (and inputs in first-call order)
+    called: set[int] = set()
     inputs: list = []  # held, so no later tensor takes a freed one's id
 
     def hook(mod, args):
-        if mod not in order:
-            order.append(mod)
+        if id(mod) not in called:
+            called.add(id(mod))
             inputs.append(args[0])
             seen.setdefault(id(args[0]), []).append(mod)
 
@@ -199,14 +196,12 @@ def siblings(model: nn.Module, mods: list | None = None) -> list[list]:
         for h in handles:
             h.remove()
     groups = []
-    for m in order:
-        group = next(g for g in seen.values() if m in g)
-        if group[0] is not m:
-            continue
+    for group in seen.values():
+        m = group[0]
         alike = all(g.weight.device.type == "cpu" and g.weight.dtype == m.weight.dtype and g.in_features == m.in_features
                     and g.rule.plain for g in group)
         groups.extend([group] if alike else [[g] for g in group])
-    return groups + [[m] for m in mods if m not in order]  # layers the forward did not reach
+    return groups + [[m] for m in mods if id(m) not in called]  # layers the forward did not reach
 
 
 @torch.no_grad()

@@ -29,7 +29,8 @@ def backend_for(x: torch.Tensor, wt: torch.Tensor) -> str:
 class GemvPlan:
     """W S(x) + b for single tokens of one dtype through one layer, with everything per-layer done once.
 
-    wt: [in, out] input-major, contiguous; bias: [out] or None; tau: the threshold; dtype: the inputs' dtype.
+    wt: [in, out] input-major (CPU: rows of contiguous columns, `cpu.rows_readable`; CUDA: contiguous); bias: [out] or None;
+    tau: the threshold; dtype: the inputs' dtype.
     """
 
     def __init__(self, wt: torch.Tensor, bias: torch.Tensor | None, tau: float, dtype: torch.dtype):

@@ -63,7 +63,8 @@ def _plan(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: tor
 
 
 def sparse_gemv_op(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, tau: torch.Tensor) -> torch.Tensor:
-    """W S(x) + b for one token: x [..., in] with one token, wt [in, out] contiguous, bias [out] or None, tau a 0-d tensor.
+    """W S(x) + b for one token: x [..., in] with one token, wt [in, out] input-major (rows of contiguous columns; CUDA:
+    contiguous), bias [out] or None, tau a 0-d tensor.
 
     Returns [..., out] in x's dtype (float32 accumulation), reading only the weight rows of kept inputs.
     """
