@@ -90,11 +90,11 @@ class SparsityConfig:
 class TrainConfig:
     """Distillation of the spontaneous vectors from the dense model (only the alphas learn)."""
 
-    lr: float = opt(1e-3, "Adam learning rate; 1e-3 beat 3e-4 on held-out text on all three embedded models, 1e-2 diverged (README)")
+    lr: float = opt(1e-3, "Adam learning rate; 1e-3 beat 3e-4 on held-out text on all three embedded models, 1e-2 diverged (docs/RESULTS.md)")
     steps: int = opt(60, "optimiser steps; keep-best on validation KL guards against overshooting")
     batch_size: int = opt(2, "sequences per step")
     seq_len: int = opt(512, "tokens per training sequence; 512 (the evaluation context) recovered more than 256 on the other "
-                            "corpus on all three embedded models, resolved on SmolLM2 only, at the same tokens (README)")
+                            "corpus on all three embedded models, resolved on SmolLM2 only, at the same tokens (docs/RESULTS.md)")
     warmup: int = opt(5, "linear learning-rate warm-up steps, then cosine decay to lr/10")
     grad_clip: float = opt(1.0, "max global gradient norm of the vectors")
     eval_every: int = opt(10, "validation KL every this many steps (and at steps 0 and last)")

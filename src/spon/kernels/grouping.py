@@ -9,7 +9,7 @@ siblings (each input's weights for the whole group one row), the kernel reads on
 each layer's coefficient zero where its own threshold drops the input: the same sums up to float32 rounding. Registered
 as inductor's post-grad custom pass by `decode.compile_decode_` (on by default, `group_projections=False` turns it
 off): on separate matrices it saved calls and thread forks but no resolved time on a whole SmolLM2 step; with the
-side-by-side rows 1.02-1.12x (the README's decode section has the figures).
+side-by-side rows 1.02-1.12x (docs/RESULTS.md, decode speed, has the figures).
 """
 
 from __future__ import annotations

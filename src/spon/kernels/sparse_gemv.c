@@ -210,7 +210,7 @@ static int paired(const spon_plan *p) {
  * widened to float32 once (xf: in floats); each thread takes a contiguous slice of the outputs and reads them one
  * row at a time, front to back: one ascending stream per thread, which the hardware prefetcher follows at the
  * memory's full rate, where several rows read side by side (four or eight a pass before) held it to ~25 GB/s
- * (2026-11-30, AMD EPYC, Qwen2.5-0.5B's 151936x896 head on 2 MB pages; the README's decode section). */
+ * (2026-11-30, AMD EPYC, Qwen2.5-0.5B's 151936x896 head on 2 MB pages; docs/RESULTS.md, decode speed). */
 #define SPON_DENSE(NAME, WTYPE, LOAD)                                                                      \
     static void NAME(const void *x, const WTYPE *w, const void *bias, int bias_bf16, void *y, int io_bf16,        \
                      float *xf, int64_t in, int64_t out, int nthreads) {                                   \
