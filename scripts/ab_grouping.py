@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from spon.atomic import write_text
-from spon.bench.decode import generate_decode
+from spon.bench.decode import greedy_decode
 from spon.decode import compile_decode_, prepare_decode_
 from spon.jobs import open_model
 from spon.machine import machine
@@ -44,7 +44,7 @@ def main() -> None:
     for r in range(a.rounds + 1):
         for name, m in (models.items() if r % 2 == 0 else reversed(models.items())):
             t0 = time.perf_counter()
-            toks, _, dt = generate_decode(m, prompt, a.new_tokens)
+            toks, _, dt = greedy_decode(m, prompt, a.new_tokens)
             if r == 0:
                 compile_s[name] = round(time.perf_counter() - t0, 1)
                 tokens[name] = toks

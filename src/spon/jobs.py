@@ -116,11 +116,8 @@ def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, 
 
 @torch.no_grad()
 def generate_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
-    """Greedy continuation of `prompt` (the new text only)."""
-    enc = tokenizer(prompt, return_tensors="pt")
-    device = next(model.parameters()).device
-    out = model.generate(
-        **{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens, do_sample=False,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    """Greedy continuation of `prompt` (the new text only), one forward per token (`greedy.greedy_generate`)."""
+    from .greedy import greedy_generate
+
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    return tokenizer.decode(greedy_generate(model, ids, max_new_tokens), skip_special_tokens=True)

@@ -9,6 +9,7 @@ import torch
 import spon
 from conftest import calibrated, make_model, needs_cc, random_ids, with_random_alphas
 from spon.decode import attention_of, compile_decode_, masked_dense, prepare_decode_, set_attention, warm_guards
+from spon.greedy import greedy_generate
 from spon.kernels import op  # noqa: F401  (registers the operators)
 
 pytestmark = [needs_cc, pytest.mark.slow]
@@ -207,6 +208,12 @@ def test_compiled_steps_equal_eager_steps(arch, group):
         assert "spon::sparse_gemv_multi" not in calls
     assert calls.get("spon::dense_gemv") == steps + 1  # the output head through the dense one (the prompt's last token too)
     assert torch.equal(tokens, eager_tokens)
+    if group:  # greedy_generate (the bench's and `spon generate`'s loop): its own static cache, the same operators
+        greedy_generate(model, ids, 8, eos_token_id=None)  # compiles for its own arguments
+        with torch.profiler.profile() as prof:
+            assert greedy_generate(model, ids, 8, eos_token_id=None) == tokens[0, ids.shape[1]:].tolist()
+        calls = {e.key: e.count for e in prof.key_averages()}
+        assert calls.get("spon::sparse_gemv_multi", 0) == steps * sum(n > 1 for n in per_input)
     torch.testing.assert_close(logits, eager_logits, atol=1e-4, rtol=1e-4)
     with masked_dense(model):  # the reference: F.linear on the masked input (recompiles without the operator)
         _, ref = _generate(model, ids)

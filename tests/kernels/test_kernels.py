@@ -299,14 +299,14 @@ def test_bench_gemv_never_reads_a_cache_hot_copy(monkeypatch):
     assert len(seen) == 4 * 6 and all(a != b for a, b in zip(seen, seen[1:]))
 
 
-def test_generate_decode_gives_every_token_past_an_end_of_text_token():
-    """The compiled rows' loop decodes exactly n tokens even where the model would stop, and leaves its config as it was."""
-    from spon.bench.decode import generate_decode
+def test_greedy_decode_gives_every_token_past_an_end_of_text_token():
+    """The bench's loop decodes exactly n tokens even where the model would stop, and leaves its config as it was."""
+    from spon.bench.decode import greedy_decode
 
     model, ids = make_model("llama"), random_ids(1, 6, seed=3)
-    tokens, _, _ = generate_decode(model, ids, 12)
-    model.generation_config.eos_token_id = tokens[3]  # plain generate would stop at the fourth token
-    again, _, _ = generate_decode(model, ids, 12)
+    tokens, _, _ = greedy_decode(model, ids, 12)
+    model.generation_config.eos_token_id = tokens[3]  # greedy_generate's default would stop at the fourth token
+    again, _, _ = greedy_decode(model, ids, 12)
     assert len(tokens) == 12 and again == tokens and model.generation_config.eos_token_id == tokens[3]
 
 

@@ -9,7 +9,9 @@ the rate, first round discarded as warm-up. Variants:
 - masked_dense: sparse+SPON through F.linear on the masked input (the reference the kernel must match);
 - with compile: dense_compiled (HF's own model through torch.compile with a static KV cache: the best dense
   baseline in PyTorch), kernel_0pct_compiled, sparse_compiled and sparse+SPON_compiled (our path compiled the
-  same way, the sparse GEMV one custom operator in the graph), run through `generate`;
+  same way, the sparse GEMV one custom operator in the graph);
+- every row but llama.cpp's runs the same loop, `greedy.greedy_generate` (one forward per token; Hugging Face's
+  `generate` costs ~6% of a compiled SmolLM2 bf16 step around the forward, so it would handicap whichever row used it);
 - llama_cpp: llama.cpp dense on the same weights at the same precision (`bench.llama_cpp`), where installed.
 """
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,75 +34,27 @@ from ..decode import (attention_of, decode_backend, head_on_huge_pages, head_pat
                       prepare_decode_)
 from ..models import ModelArgs
 from ..machine import machine
-from ..sparsify import set_attr, sparse_modules, without_spon
+from ..greedy import greedy_generate
+from ..sparsify import sparse_modules, without_spon
 from .output import write_json
 
-__all__ = ["greedy_decode", "generate_decode", "bench_decode", "VARIANTS", "DecodeBench", "run_decode_bench"]
+__all__ = ["greedy_decode", "bench_decode", "VARIANTS", "DecodeBench", "run_decode_bench"]
 
 VARIANTS = ("dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense")
 
 
-def _cache_kw(model: nn.Module) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
 @torch.no_grad()
 def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
-    """Greedy tokens after `prompt` [1, T] with a KV cache; returns (tokens, prefill seconds, decode seconds).
+    """Exactly `new_tokens` greedy tokens after `prompt` [1, T] (no early stop at end-of-text) through
+    `greedy.greedy_generate`, the one loop every row but llama.cpp's runs (eager or compiled, dense or ours: one forward
+    per token, a static KV cache for compiled models); returns (tokens, prefill seconds, decode seconds).
 
-    The decode time covers the new_tokens - 1 single-token forwards after the prefill.
+    The decode time runs from the first new token to the last: the new_tokens - 1 single-token steps.
     """
-    kw = _cache_kw(model)
-    device = next(model.parameters()).device
+    times: list[float] = []
     t0 = time.perf_counter()
-    out = model(input_ids=prompt.to(device), use_cache=True)
-    tok = out.logits[:, -1].argmax(-1, keepdim=True)
-    t1 = time.perf_counter()
-    tokens = [int(tok)]
-    for _ in range(new_tokens - 1):
-        out = model(input_ids=tok, use_cache=True, **{kw: _cache_of(out)})
-        tok = out.logits[:, -1].argmax(-1, keepdim=True)
-        tokens.append(int(tok))
-    return tokens, t1 - t0, time.perf_counter() - t1
-
-
-class _Clock:
-    """A `generate` streamer that only timestamps: the prompt, then every new token."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self.tokens: list[int] = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-        if len(self.times) > 1:
-            self.tokens.append(int(value.reshape(-1)[-1]))
-
-    def end(self):
-        pass
-
-
-@torch.no_grad()
-def generate_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
-    """Greedy tokens through `model.generate` (a compiled model's static cache and graphs); (tokens, prefill s, decode s).
-
-    The decode time runs from the first new token to the last: the new_tokens - 1 single-token steps. Exactly
-    new_tokens come out because the end-of-text token is unset for the call, not through `min_new_tokens`: that
-    processor masks the end-of-text ids with an `isin` over the whole vocabulary at every step (about 1 ms a token
-    on a 152k vocabulary, a cost no user's plain `generate` pays).
-    """
-    clock = _Clock()
-    device = next(model.parameters()).device
-    gc = model.generation_config
-    pad = gc.pad_token_id or gc.eos_token_id or 0
-    with set_attr([gc], "eos_token_id", None):
-        model.generate(prompt.to(device), max_new_tokens=new_tokens, do_sample=False, streamer=clock, pad_token_id=pad)
-    return clock.tokens, clock.times[1] - clock.times[0], clock.times[-1] - clock.times[1]
+    tokens = greedy_generate(model, prompt, new_tokens, eos_token_id=None, on_token=lambda _: times.append(time.perf_counter()))
+    return tokens, times[0] - t0, times[-1] - times[0]
 
 
 @contextlib.contextmanager
@@ -148,10 +101,10 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         compile_decode_(cd)
         compile_decode_(cs)
         contexts.update({
-            "dense_compiled": (cd, contextlib.nullcontext, generate_decode),
-            "kernel_0pct_compiled": (cs, lambda: _nothing_dropped(cs), generate_decode),
-            "sparse_compiled": (cs, lambda: without_spon(cs), generate_decode),
-            "sparse+SPON_compiled": (cs, contextlib.nullcontext, generate_decode),
+            "dense_compiled": (cd, contextlib.nullcontext, run),
+            "kernel_0pct_compiled": (cs, lambda: _nothing_dropped(cs), run),
+            "sparse_compiled": (cs, lambda: without_spon(cs), run),
+            "sparse+SPON_compiled": (cs, contextlib.nullcontext, run),
         })
     if llama is not None:
         contexts["llama_cpp"] = (llama, contextlib.nullcontext, lambda m, p, n: m.decode(p, n))
@@ -180,6 +133,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
 
     return {
         "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats,
+        "loop": "spon.greedy.greedy_generate: one forward per token (every row but llama.cpp's)",
         "backend": decode_backend(sparse_model), "head": head_path(sparse_model), "tokens_per_s": rate, "round_spread": spread,
         "head_on_huge_pages": head_on_huge_pages(sparse_model),
         "layers_on_huge_pages": layers_on_huge_pages(sparse_model),

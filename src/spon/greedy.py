@@ -1,0 +1,122 @@
+"""Greedy batch-1 decoding with nothing around the forward: one model call per token.
+
+Hugging Face's `generate` runs Python around every forward (input preparation, logits processors, stopping criteria,
+bookkeeping): on a compiled SmolLM2 bf16 sparse+SPON step of ~12 ms, calling the same compiled forward from this loop
+instead was 1.061x as fast (median of 10 rounds alternated in one process, every round at least 1.00x; 2026-12-01,
+AMD EPYC, 2 threads). `greedy_generate` keeps the KV cache itself: a static one for a model `compile_decode_`
+compiled (so its graphs are reused from step to step), the model's own dynamic one otherwise. It needs a forward that
+takes a cache and positions (Hugging Face causal LMs do, under either version's names); any other model goes through
+`generate`, with the same tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .sparsify import set_attr
+
+__all__ = ["greedy_generate"]
+
+
+def _forward_params(model: nn.Module) -> set[str]:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return set()
+    return set(params)
+
+
+def _eos_ids(model: nn.Module, eos_token_id) -> set[int]:
+    if eos_token_id is ...:
+        gc = getattr(model, "generation_config", None)
+        eos_token_id = getattr(gc, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    return {int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])}
+
+
+def _static_cache(model: nn.Module, length: int, dtype: torch.dtype, device: torch.device):
+    """A static KV cache for one sequence of `length` tokens; None where this transformers version's cannot be built."""
+    from transformers import StaticCache
+
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    try:
+        return StaticCache(config=config, max_cache_len=length)  # transformers 5: allocated on first use
+    except TypeError:
+        try:  # transformers 4: size, device and dtype up front
+            return StaticCache(config=config, max_batch_size=1, max_cache_len=length, device=device, dtype=dtype)
+        except TypeError:
+            return None
+
+
+@torch.no_grad()
+def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, eos_token_id=...,
+                    on_token: Callable[[int], None] | None = None) -> list[int]:
+    """The greedy continuation of `input_ids` [1, T]: up to `max_new_tokens` token ids, ending at (and including) the
+    first end-of-text id (`eos_token_id`: default the model's generation config; None: never stop early).
+
+    on_token(token) is called as each token is known (after its forward and argmax), e.g. to time the steps.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"greedy_generate decodes one sequence: input_ids must be [1, T], got {list(input_ids.shape)}")
+    weight = next(model.parameters())
+    input_ids = input_ids.to(weight.device)
+    eos = _eos_ids(model, eos_token_id)
+    params = _forward_params(model)
+    cache_kw = "cache" if "cache" in params else "past_key_values"  # the name changed in transformers 5
+    positions = "position_ids" in params
+    if cache_kw not in params or not (positions or "cache_position" in params):
+        return _through_generate(model, input_ids, max_new_tokens, eos, on_token)
+    n_prompt = input_ids.shape[1]
+    cache = None
+    if getattr(getattr(model, "generation_config", None), "cache_implementation", None) == "static":
+        cache = _static_cache(model, n_prompt + max_new_tokens, weight.dtype, weight.device)
+        if cache is None:
+            return _through_generate(model, input_ids, max_new_tokens, eos, on_token)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    position = torch.arange(n_prompt, device=weight.device)
+    ids, tokens = input_ids, []
+    for _ in range(max_new_tokens):
+        if positions:
+            extra["position_ids"] = position[None]
+        if "cache_position" in params:  # transformers 4 and early 5: where the cache writes
+            extra["cache_position"] = position
+        out = model(input_ids=ids, use_cache=True, **{cache_kw: cache}, **extra)
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        ids = out.logits[:, -1].argmax(-1, keepdim=True)
+        token = int(ids)
+        tokens.append(token)
+        if on_token is not None:
+            on_token(token)
+        if token in eos:
+            break
+        position = position[-1:] + 1
+    return tokens
+
+
+def _through_generate(model, input_ids, max_new_tokens, eos, on_token) -> list[int]:
+    gc = model.generation_config
+    pad = gc.pad_token_id if gc.pad_token_id is not None else (min(eos) if eos else 0)
+    with set_attr([gc], "eos_token_id", sorted(eos) or None):  # None must mean no early stop, not the config's
+        out = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                             streamer=_Streamer(on_token) if on_token is not None else None)
+    return [int(t) for t in out[0, input_ids.shape[1]:]]
+
+
+class _Streamer:
+    """`generate`'s streamer interface: the prompt first, then one call per new token."""
+
+    def __init__(self, on_token):
+        self.on_token, self.started = on_token, False
+
+    def put(self, value):
+        if self.started:
+            self.on_token(int(value.reshape(-1)[-1]))
+        self.started = True
+
+    def end(self):
+        pass
