@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import SponError
 from .sparsify import set_attr
 
 __all__ = ["greedy_generate"]
@@ -62,7 +63,7 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     on_token(token) is called as each token is known (after its forward and argmax), e.g. to time the steps.
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"greedy_generate decodes one sequence: input_ids must be [1, T], got {list(input_ids.shape)}")
+        raise SponError(f"greedy_generate decodes one sequence: input_ids must be [1, T], got {list(input_ids.shape)}")
     weight = next(model.parameters())
     input_ids = input_ids.to(weight.device)
     eos = _eos_ids(model, eos_token_id)
@@ -99,6 +100,9 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
 
 
 def _through_generate(model, input_ids, max_new_tokens, eos, on_token) -> list[int]:
+    if not callable(getattr(model, "generate", None)):
+        raise SponError(f"{type(model).__name__} neither takes a KV cache and positions in its forward nor has generate(); "
+                        "pass a Hugging Face causal LM")
     gc = model.generation_config
     pad = gc.pad_token_id if gc.pad_token_id is not None else (min(eos) if eos else 0)
     with set_attr([gc], "eos_token_id", sorted(eos) or None):  # None must mean no early stop, not the config's

@@ -98,6 +98,8 @@ def test_a_forward_without_cache_positions_goes_through_generate():
     assert greedy_generate(model, ids, 5, on_token=got.append) == want == got
 
 
-def test_more_than_one_sequence_is_refused():
-    with pytest.raises(ValueError, match=r"\[1, T\]"):
+def test_more_than_one_sequence_or_a_model_that_cannot_decode_is_refused():
+    with pytest.raises(spon.SponError, match=r"\[1, T\]"):
         greedy_generate(make_model("llama"), random_ids(2, 5), 3)
+    with pytest.raises(spon.SponError, match="Hugging Face causal LM"):
+        greedy_generate(torch.nn.Linear(4, 4), random_ids(1, 5), 3)
