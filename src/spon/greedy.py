@@ -1,9 +1,9 @@
 """Greedy batch-1 decoding with nothing around the forward: one model call per token.
 
 Hugging Face's `generate` runs Python around every forward (input preparation, logits processors, stopping criteria,
-bookkeeping): on a compiled SmolLM2 bf16 sparse+SPON step of ~12 ms, calling the same compiled forward from this loop
-instead was 1.061x as fast (median of 10 rounds alternated in one process, every round at least 1.00x; 2026-12-01,
-AMD EPYC, 2 threads). `greedy_generate` keeps the KV cache itself: a static one for a model `compile_decode_`
+bookkeeping): on a compiled SmolLM2 bf16 sparse+SPON step of ~10 ms, calling the same compiled forward from this loop
+instead was 1.039x as fast (median of 10 rounds alternated in one process, range 1.014-1.082; 2026-12-01, AMD EPYC,
+2 threads; docs/results/bench-cpu/greedy-loop/). `greedy_generate` keeps the KV cache itself: a static one for a model `compile_decode_`
 compiled (so its graphs are reused from step to step), the model's own dynamic one otherwise. It needs a forward that
 takes a cache and positions (Hugging Face causal LMs do, under either version's names); any other model goes through
 `generate`, with the same tokens.

@@ -11,7 +11,7 @@ the rate, first round discarded as warm-up. Variants:
   baseline in PyTorch), kernel_0pct_compiled, sparse_compiled and sparse+SPON_compiled (our path compiled the
   same way, the sparse GEMV one custom operator in the graph);
 - every row but llama.cpp's runs the same loop, `greedy.greedy_generate` (one forward per token; Hugging Face's
-  `generate` costs ~6% of a compiled SmolLM2 bf16 step around the forward, so it would handicap whichever row used it);
+  `generate` costs ~4% of a compiled SmolLM2 bf16 step around the forward, so it would handicap whichever row used it);
 - llama_cpp: llama.cpp dense on the same weights at the same precision (`bench.llama_cpp`), where installed.
 """
 
