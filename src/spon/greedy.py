@@ -41,17 +41,13 @@ def _eos_ids(model: nn.Module, eos_token_id) -> set[int]:
 
 
 def _static_cache(model: nn.Module, length: int, dtype: torch.dtype, device: torch.device):
-    """A static KV cache for one sequence of `length` tokens; None where this transformers version's cannot be built."""
+    """A static KV cache for one sequence of `length` tokens, in whichever form this transformers version builds it."""
     from transformers import StaticCache
 
     config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    try:
-        return StaticCache(config=config, max_cache_len=length)  # transformers 5: allocated on first use
-    except TypeError:
-        try:  # transformers 4: size, device and dtype up front
-            return StaticCache(config=config, max_batch_size=1, max_cache_len=length, device=device, dtype=dtype)
-        except TypeError:
-            return None
+    if "dtype" in inspect.signature(StaticCache.__init__).parameters:  # transformers 4: size, device and dtype up front
+        return StaticCache(config=config, max_batch_size=1, max_cache_len=length, device=device, dtype=dtype)
+    return StaticCache(config=config, max_cache_len=length)  # transformers 5: allocated on first use
 
 
 @torch.no_grad()
@@ -76,8 +72,6 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     cache = None
     if getattr(getattr(model, "generation_config", None), "cache_implementation", None) == "static":
         cache = _static_cache(model, n_prompt + max_new_tokens, weight.dtype, weight.device)
-        if cache is None:
-            return _through_generate(model, input_ids, max_new_tokens, eos, on_token)
     extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     position = torch.arange(n_prompt, device=weight.device)
     ids, tokens = input_ids, []
