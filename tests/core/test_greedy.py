@@ -103,3 +103,25 @@ def test_more_than_one_sequence_or_a_model_that_cannot_decode_is_refused():
         greedy_generate(make_model("llama"), random_ids(2, 5), 3)
     with pytest.raises(spon.SponError, match="Hugging Face causal LM"):
         greedy_generate(torch.nn.Linear(4, 4), random_ids(1, 5), 3)
+
+
+def test_static_cache_in_either_transformers_versions_form(monkeypatch):
+    import transformers
+
+    from spon.greedy import _static_cache
+
+    made = []
+
+    class Old:  # transformers 4: batch, device and dtype up front
+        def __init__(self, config, max_batch_size=None, max_cache_len=None, device=None, dtype=torch.float32):
+            made.append(("old", max_batch_size, max_cache_len, device, dtype))
+
+    class New:  # transformers 5: allocated on first use
+        def __init__(self, config, max_cache_len, offloading=False):
+            made.append(("new", max_cache_len))
+
+    model = make_model("llama")
+    for cls in (Old, New):
+        monkeypatch.setattr(transformers, "StaticCache", cls)
+        _static_cache(model, 12, torch.bfloat16, torch.device("cpu"))
+    assert made == [("old", 1, 12, torch.device("cpu"), torch.bfloat16), ("new", 12)]
