@@ -20,7 +20,7 @@ from torch import nn
 from .errors import SponError
 from .sparsify import set_attr
 
-__all__ = ["greedy_generate"]
+__all__ = ["greedy_generate", "cache_argument", "cache_of"]
 
 
 def _forward_params(model: nn.Module) -> set[str]:
@@ -29,6 +29,18 @@ def _forward_params(model: nn.Module) -> set[str]:
     except (TypeError, ValueError):
         return set()
     return set(params)
+
+
+def cache_argument(model: nn.Module) -> str | None:
+    """The keyword the forward takes its KV cache by: `cache` (transformers 5), `past_key_values` (4), or None."""
+    params = _forward_params(model)
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def cache_of(out):
+    """The KV cache a forward returned, under either transformers version's name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _eos_ids(model: nn.Module, eos_token_id) -> set[int]:
@@ -64,9 +76,9 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     input_ids = input_ids.to(weight.device)
     eos = _eos_ids(model, eos_token_id)
     params = _forward_params(model)
-    cache_kw = "cache" if "cache" in params else "past_key_values"  # the name changed in transformers 5
-    positions = "position_ids" in params
-    if cache_kw not in params or not (positions or "cache_position" in params):
+    cache_kw = cache_argument(model)
+    positions, cache_positions = "position_ids" in params, "cache_position" in params
+    if cache_kw is None or not (positions or cache_positions):
         return _through_generate(model, input_ids, max_new_tokens, eos, on_token)
     n_prompt = input_ids.shape[1]
     cache = None
@@ -78,10 +90,10 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     for _ in range(max_new_tokens):
         if positions:
             extra["position_ids"] = position[None]
-        if "cache_position" in params:  # transformers 4 and early 5: where the cache writes
+        if cache_positions:  # transformers 4 and early 5: where the cache writes
             extra["cache_position"] = position
         out = model(input_ids=ids, use_cache=True, **{cache_kw: cache}, **extra)
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        cache = cache_of(out)
         ids = out.logits[:, -1].argmax(-1, keepdim=True)
         token = int(ids)
         tokens.append(token)

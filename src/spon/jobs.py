@@ -18,6 +18,7 @@ from .data import TextSplits, sequences, tokenize
 from .errors import SponError
 from .evaluate import EvalProtocol, bos_token_id, evaluate_variants, window_scores
 from .fold import fold_
+from .greedy import greedy_generate
 from .models import LoadedModel, load_model
 from .sparsify import sparse_modules, sparsify_
 from .train import train_spon_
@@ -117,7 +118,5 @@ def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, 
 @torch.no_grad()
 def generate_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
     """Greedy continuation of `prompt` (the new text only), one forward per token (`greedy.greedy_generate`)."""
-    from .greedy import greedy_generate
-
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     return tokenizer.decode(greedy_generate(model, ids, max_new_tokens), skip_special_tokens=True)

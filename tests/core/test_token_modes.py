@@ -1,8 +1,6 @@
 """SPON acts exactly where S acts: tokens a token mode leaves dense compute the dense model's outputs, unfolded, folded
 and exported; decode mode trains what decoding runs (prompt dense, every generated token sparse)."""
 
-import inspect
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,13 +47,13 @@ def test_decode_mode_prefill_is_dense_with_spon_and_steps_sparse():
 
 def _decode_logits(model, ids, prompt_len):
     """Logits of every position after the prompt as generation computes them: prefill, then one token per step."""
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # transformers 5 / 4
+    from spon.greedy import cache_argument, cache_of
+
     with torch.no_grad():
         out = model(input_ids=ids[:, :prompt_len], use_cache=True)
         logits = [out.logits[:, -1:]]
         for t in range(prompt_len, ids.shape[1] - 1):
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-            out = model(input_ids=ids[:, t : t + 1], use_cache=True, **{cache_kw: cache})
+            out = model(input_ids=ids[:, t : t + 1], use_cache=True, **{cache_argument(model): cache_of(out)})
             logits.append(out.logits)
     return torch.cat(logits, dim=1)  # predicts tokens prompt_len .. T-1
 
