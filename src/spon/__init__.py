@@ -16,7 +16,7 @@ from .decode import compile_decode_, masked_dense, prepare_decode_, warm_guards
 from .errors import SponError
 from .evaluate import EvalProtocol, evaluate_variants, gap_recovered, perplexity
 from .fold import fold_
-from .greedy import greedy_generate
+from .greedy import greedy_generate, greedy_token
 from .models import LoadedModel, load_model
 from .sparse_linear import SparseLinear
 from .sparsify import dense, measure_sparsity, sparse_modules, sparsify_, target_linears, unsparsify_, without_spon
@@ -30,4 +30,5 @@ __all__ = [
     "fold_", "dense", "without_spon", "measure_sparsity", "sparse_modules", "target_linears", "save_artifact", "load_artifact",
     "read_artifact", "perplexity", "evaluate_variants", "gap_recovered", "prepare_decode_", "compile_decode_", "warm_guards", "masked_dense",
     "greedy_generate",
+    "greedy_token",
 ]
