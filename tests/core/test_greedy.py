@@ -8,7 +8,7 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, random_ids, with_random_alphas
-from spon.greedy import greedy_generate
+from spon.greedy import greedy_generate, greedy_token
 
 
 def _hf_greedy(model, ids, n, **kw):
@@ -130,7 +130,6 @@ def test_static_cache_in_either_transformers_versions_form(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("size", [10, 4095, 4096, 5000, 49152, 151937])
 def test_greedy_token_is_argmax_first_index_ties_and_nans_included(dtype, size):
-    from spon.greedy import greedy_token
 
     gen = torch.Generator().manual_seed(size)
     cases = [torch.randn(size, generator=gen)]
