@@ -167,8 +167,10 @@ def evaluate_variants(
     out["has_spon"] = has_spon
     out["gap_recovered"] = None  # no vectors: nothing to recover with
     if has_spon:
-        scores["spon"] = window_scores(model, ids, protocol, bos, progress=progress, desc="sparse+SPON")
+        with measure_sparsity(model) as sp_spon:  # SPON restores activations, so more entries pass the thresholds
+            scores["spon"] = window_scores(model, ids, protocol, bos, progress=progress, desc="sparse+SPON")
         out["ppl_spon"] = scores["spon"].ppl
+        out["sparsity_measured_spon"] = sp_spon["weighted"]
         out["gap_recovered"] = gap_recovered(out["ppl_dense"], out["ppl_sparse"], out["ppl_spon"])
     out["windows"] = int(dense_scores.counts.numel())
     out["ci95"] = paired_bootstrap({k: v.nll for k, v in scores.items()}, dense_scores.counts, seed=seed)

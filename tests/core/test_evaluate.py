@@ -61,3 +61,16 @@ def test_variants_report_the_measured_sparsity_and_each_perplexity():
     assert out["tokens_sparsified"] == "all tokens"
     dense_ppl, _ = spon.perplexity(make_model("mistral"), ids, spon.EvalProtocol(ctx_len=32, stride=32), None, progress=False)
     assert out["ppl_dense"] == pytest.approx(dense_ppl, rel=1e-6)
+
+
+def test_sparsity_with_spon_is_measured_on_the_model_with_its_vectors():
+    # vectors shift the inputs of later layers, so a different share of entries passes the fixed thresholds
+    model, _ = calibrated("mistral", 0.5)
+    ids = random_ids(1, 128, seed=0).flatten()
+    protocol = spon.EvalProtocol(ctx_len=32, stride=32)
+    with_random_alphas(model, scale=5.0)  # large: the layers after the first read mostly the shifted inputs
+    out = spon.evaluate_variants(model, ids, protocol, None, progress=False)
+    assert out["sparsity_measured_spon"] < out["sparsity_measured"] - 0.05
+    with_random_alphas(model, scale=1e-6)  # next to nothing: the same entries pass
+    out = spon.evaluate_variants(model, ids, protocol, None, progress=False)
+    assert out["sparsity_measured_spon"] == pytest.approx(out["sparsity_measured"], abs=0.01)

@@ -110,7 +110,10 @@ def describe_metrics(res: dict) -> str:
         parts += [f"sparse+SPON {_ci(res, 'ppl_spon', '.3f')}", f"gap recovered {_ci(res, 'gap_recovered', '.1%')}"]
     what = [f"{res['tokens']} tokens of {res['data']['description']} ({res['data']['split']})", f"{res['windows']} windows"]
     if "sparsity_measured" in res:
-        what = [f"sparsity {res['sparsity_measured']:.1%}", *what, res["tokens_sparsified"]]
+        sparsity = f"sparsity {res['sparsity_measured']:.1%}"
+        if res.get("sparsity_measured_spon") is not None:
+            sparsity += f" ({res['sparsity_measured_spon']:.1%} with SPON)"
+        what = [sparsity, *what, res["tokens_sparsified"]]
     return "  ".join(parts) + f"  ({', '.join(what)}; 95% intervals: paired bootstrap over windows)"
 
 

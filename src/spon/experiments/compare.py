@@ -56,7 +56,8 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
         if p["training"] is not None:
             row.update(kept=p["training"]["result"]["kept"], train_seconds=p["training"]["seconds"])
         row.update(ppl_sparse=m["ppl_sparse"], ppl_spon=m.get("ppl_spon"), gap_recovered=m["gap_recovered"], ci95=m["ci95"],
-                   sparsity_measured=m["sparsity_measured"], sparsity_measured_entries=m["sparsity_measured_entries"])
+                   sparsity_measured=m["sparsity_measured"], sparsity_measured_entries=m["sparsity_measured_entries"],
+                   sparsity_measured_spon=m.get("sparsity_measured_spon"))
         row["window_nll"] = window_nll(m)
         report["rows"].append(row)
         versus_first(report)
@@ -90,7 +91,7 @@ def render_compare(r: dict) -> str:
         f"Dense perplexity {with_ci(r['ppl_dense'], r.get('ci95_dense'))} on the held-out split of {r['data']['description']} "
         f"({r['tokens']} tokens in {r.get('windows', '?')} windows, context {r['protocol']['ctx_len']}); tokens sparsified: "
         f"{r['tokens_sparsified']}. Brackets: 95% intervals from a paired bootstrap over the evaluation windows.", "",
-        "| method | sparse | sparse+SPON | gap recovered | perplexity / first row's | measured sparsity (weighted / entries) | calibration s |",
+        "| method | sparse | sparse+SPON | gap recovered | perplexity / first row's | measured sparsity (weighted / entries; weighted with SPON) | calibration s |",
         "|---|---|---|---|---|---|---|",
     ]
     for i, x in enumerate(r["rows"]):
@@ -98,7 +99,9 @@ def render_compare(r: dict) -> str:
         ratio = with_ci(vs["ppl_ratio"], vs["ci95"]) if vs else "1 (reference)" if i == 0 and "window_nll" in x else "-"
         lines.append(f"| {x['method']} | {with_ci(x['ppl_sparse'], ci.get('ppl_sparse'))} | {with_ci(x.get('ppl_spon'), ci.get('ppl_spon'))} | "
                      f"{with_ci(x.get('gap_recovered'), ci.get('gap_recovered'), '.1%')} | {ratio} | "
-                     f"{x['sparsity_measured']:.1%} / {x['sparsity_measured_entries']:.1%} | {x['calibration_seconds']} |")
+                     f"{x['sparsity_measured']:.1%} / {x['sparsity_measured_entries']:.1%}"
+                     + (f"; {x['sparsity_measured_spon']:.1%}" if x.get("sparsity_measured_spon") is not None else "")
+                     + f" | {x['calibration_seconds']} |")
     if len(r["rows"]) > 1 and r["rows"][1].get("vs_first"):
         v = r["rows"][1]["vs_first"]
         lines += ["", f"Perplexity / first row's: the perplexity each method ends with (sparse+SPON; sparse where it has no "

@@ -73,7 +73,9 @@ def render_report(r: dict) -> str:
         f"# spon demo: {r['model']['name']} ({r['model']['architecture']})",
         "",
         f"- Sparsity target {r['sparsity']['sparsity']:.0%} on every decoder linear; measured on the evaluation tokens: "
-        f"{m['sparsity_measured']:.1%} of weight columns skipped ({m['sparsity_measured_entries']:.1%} of input entries).",
+        f"{m['sparsity_measured']:.1%} of weight columns skipped ({m['sparsity_measured_entries']:.1%} of input entries)"
+        + (f"; with SPON {m['sparsity_measured_spon']:.1%} (restored activations pass more thresholds)"
+           if m.get("sparsity_measured_spon") is not None else "") + ".",
         f"- Tokens sparsified: {r['tokens_sparsified']}.",
         f"- Calibration: {r['calibration']['tokens']} tokens of {r['calibration']['data']['description']}.",
         f"- SPON training: {tr['steps_run']} steps, lr {r['training']['config']['lr']}, batch "

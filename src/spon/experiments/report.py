@@ -27,10 +27,10 @@ KNOWN_FILES = ("metrics.json", "eval.json", "sweep.json", "compare.json", "diagn
 
 def _metrics_row(m: dict) -> list[str]:
     ci = m.get("ci95", {})
-    return ["| dense | sparse | sparse+SPON | gap recovered | measured sparsity |", "|---|---|---|---|---|",
+    return ["| dense | sparse | sparse+SPON | gap recovered | measured sparsity: sparse / +SPON |", "|---|---|---|---|---|",
             f"| {with_ci(m['ppl_dense'], ci.get('ppl_dense'))} | {with_ci(m.get('ppl_sparse'), ci.get('ppl_sparse'))} | "
             f"{with_ci(m.get('ppl_spon'), ci.get('ppl_spon'))} | {with_ci(m.get('gap_recovered'), ci.get('gap_recovered'), '.1%')} | "
-            f"{with_ci(m.get('sparsity_measured'), None, '.1%')} |"]
+            f"{with_ci(m.get('sparsity_measured'), None, '.1%')} / {with_ci(m.get('sparsity_measured_spon'), None, '.1%')} |"]
 
 
 def _scored(m: dict) -> str:

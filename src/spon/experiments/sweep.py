@@ -136,7 +136,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
         row = {
             "sparsity": config.sparsity, "seed": train.seed, "ppl_sparse": m["ppl_sparse"], "ppl_spon": m.get("ppl_spon"),
             "gap_recovered": m["gap_recovered"], "ci95": m["ci95"], "sparsity_measured": m["sparsity_measured"],
-            "kept": training["result"]["kept"],
+            "sparsity_measured_spon": m.get("sparsity_measured_spon"), "kept": training["result"]["kept"],
             "val_kl_start": training["result"]["val_kl_start"], "val_kl_best": training["result"]["val_kl_best"],
             "train_seconds": training["seconds"], "seconds": p["seconds"]["total"], "spon_norms": spon_norms(session.lm.model),
             "window_nll": window_nll(m),
@@ -173,13 +173,13 @@ def render_sweep(r: dict) -> str:
         f"Dense perplexity: {with_ci(r['ppl_dense'], r.get('ci95_dense'))}. Brackets: 95% intervals from a paired bootstrap "
         "over the evaluation windows.",
         "",
-        "| target sparsity | measured | sparse | sparse+SPON | gap recovered | kept | train s |",
+        "| target sparsity | measured: sparse / +SPON | sparse | sparse+SPON | gap recovered | kept | train s |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         ci = row.get("ci95", {})
         lines.append(
-            f"| {row['sparsity']:.0%} | {row['sparsity_measured']:.1%} | {with_ci(row['ppl_sparse'], ci.get('ppl_sparse'))} | "
+            f"| {row['sparsity']:.0%} | {row['sparsity_measured']:.1%} / {_fmt(row.get('sparsity_measured_spon'), '.1%')} | {with_ci(row['ppl_sparse'], ci.get('ppl_sparse'))} | "
             f"{with_ci(row['ppl_spon'], ci.get('ppl_spon'))} | {with_ci(row['gap_recovered'], ci.get('gap_recovered'), '.1%')} | "
             f"{row['kept']} | {row['train_seconds']} |"
         )
