@@ -8,6 +8,7 @@ world_size-th batch and the reservoirs are merged: the thresholds equal those of
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from . import distributed as dd
 from .config import SparsityConfig
+from .errors import SponError
 from .hooks import collect_inputs
 from .reservoir import Reservoir
 from .sparse_activation import SparseActivation
@@ -34,8 +36,10 @@ def _batch_seed(seed: int, index: int) -> int:
 def sample_scores(
     model: nn.Module, batches: Iterable[torch.Tensor], config: SparsityConfig, mods: dict[str, nn.Module], *,
     seed: int = 0, samples_per_layer: int = SAMPLES_PER_LAYER, progress: bool = True, desc: str = "calibrating thresholds",
+    dense_inputs: bool = True,
 ) -> dict[str, Reservoir]:
-    """A uniform sample of each module's selection scores on the dense model's inputs, by module name.
+    """A uniform sample of each module's selection scores on the dense model's inputs (dense_inputs=False: on the
+    inputs the sparsified model itself feeds each layer, vectors included), by module name.
 
     Scores: `SparseLinear.scores` (|x|, or WINA's), or |act(x)| for a CATS `SparseActivation`; only on the
     positions `config.tokens` sparsifies. Keys are seeded per batch index; under torch.distributed each
@@ -58,7 +62,7 @@ def sample_scores(
         reservoirs[name].add(mod.act(x).abs() if isinstance(mod, SparseActivation) else mod.scores(x), gen)
 
     total = len(range(me, len(batches), world)) if hasattr(batches, "__len__") else None  # this process's batches
-    with dense(model):
+    with dense(model) if dense_inputs else contextlib.nullcontext():
         collect_inputs(model, mine(), record, desc=desc, progress=progress and dd.is_main(), modules=mods, total=total)
     if world > 1:
         for name, res in reservoirs.items():
@@ -78,13 +82,21 @@ def calibrate_(
     seed: int = 0,
     progress: bool = True,
     samples_per_layer: int = SAMPLES_PER_LAYER,
+    inputs: str = "dense",
+    passes: int = 2,
 ) -> dict[str, float]:
     """Set every `SparseLinear` threshold so that `config.sparsity_for(name)` of its inputs fall below it.
 
-    Inputs are those of the dense model (TEAL's protocol) on the tokens that `config.tokens` sparsifies
+    inputs: "dense", those of the dense model (TEAL's protocol), or "own", those the sparsified model feeds each
+    layer at inference (its thresholds and SPON vectors applied): SPON restores activations, so more entries pass
+    thresholds set on dense inputs and the deployed model runs less sparse than the target; "own" recalibrates a
+    sparsified model so it runs at the target. Each layer's inputs depend on the thresholds before it, so "own"
+    repeats the pass `passes` times (batches must then be a list). On the tokens that `config.tokens` sparsifies
     during evaluation (all positions for "decode" and "all", the last fraction for "last").
-    batches: iterable of input_ids [B, T], consumed once, lazily. Returns the thresholds by module name.
+    batches: iterable of input_ids [B, T], consumed lazily. Returns the thresholds by module name.
     """
+    if inputs not in ("dense", "own"):
+        raise SponError(f"calibration inputs {inputs!r}: use 'dense' or 'own'")
     # the modules whose threshold is calibrated: every SparseLinear (on its selection score), or for CATS the
     # MLP activations; top-k selection keeps a count per token and needs no threshold
     if config.selection == "topk":
@@ -93,11 +105,13 @@ def calibrate_(
         mods = dict(sparse_activations(model))
     else:
         mods = dict(sparse_modules(model))
-    reservoirs = sample_scores(model, batches, config, mods, seed=seed, samples_per_layer=samples_per_layer, progress=progress)
     taus = {}
-    for name, mod in mods.items():
-        tau = threshold_from_samples(reservoirs[name].values, config.sparsity_for(name))
-        mod.threshold.fill_(float(tau))
-        taus[name] = float(tau)
+    for _ in range(1 if inputs == "dense" else passes):
+        reservoirs = sample_scores(model, batches, config, mods, seed=seed, samples_per_layer=samples_per_layer,
+                                   progress=progress, dense_inputs=inputs == "dense")
+        for name, mod in mods.items():
+            tau = threshold_from_samples(reservoirs[name].values, config.sparsity_for(name))
+            mod.threshold.fill_(float(tau))
+            taus[name] = float(tau)
     model.spon_config = config
     return taus

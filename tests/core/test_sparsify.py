@@ -61,6 +61,26 @@ def test_calibration_hits_target_sparsity(arch):
         assert sp["entries"] == pytest.approx(target, abs=0.05)  # upstream sparsity shifts later inputs a little
 
 
+def test_calibration_on_own_inputs_runs_the_model_with_its_vectors_at_the_target():
+    from conftest import with_random_alphas
+
+    batches = [random_ids(2, 32, seed=s) for s in range(4)]
+    model, cfg = calibrated("llama", 0.5)
+    with_random_alphas(model, scale=2.0)  # shifts every later layer's inputs away from the dense ones
+
+    def measured():
+        with spon.measure_sparsity(model) as sp, torch.no_grad():
+            for ids in batches:
+                model(input_ids=ids)
+        return sp["entries"]
+
+    assert abs(measured() - 0.5) > 0.05  # thresholds from dense inputs miss the target on the model with vectors
+    spon.calibrate_(model, batches, cfg, inputs="own", passes=3, progress=False)
+    assert measured() == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(spon.SponError, match="'dense' or 'own'"):
+        spon.calibrate_(model, batches, cfg, inputs="sparse", progress=False)
+
+
 def test_overrides_set_per_layer_sparsity():
     model, _ = calibrated("llama", 0.5, overrides={r"mlp\.down_proj": 0.1})
     with spon.measure_sparsity(model) as sp, torch.no_grad():
