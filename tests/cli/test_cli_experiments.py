@@ -129,6 +129,8 @@ def test_bench_decode_cli(capsys, model_folder, tmp_path):
     run = r["runs"]["float32"]
     assert run["backend"] == "cpu" and set(run["tokens_per_s"]) == {"dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense"}
     assert run["kernel_vs_masked_dense"]["identical"] and (out / "decode.png").is_file()
+    measured = run["sparsity_measured"]  # calibrated at 50%, no vectors: both rows skip the same columns
+    assert 0.3 < measured["sparse"] < 0.7 and measured["sparse+SPON"] == measured["sparse"]
     assert run["llama_cpp"]["status"].startswith(("not installed", "no GGUF of these weights"))  # a folder: no GGUF
     code = main(["bench", "decode", "--model", str(model_folder), "--llama-gguf", "m.gguf", "--dtypes", "float32,bfloat16"])
     err = capsys.readouterr().err.strip().splitlines()
