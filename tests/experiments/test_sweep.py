@@ -31,6 +31,21 @@ def test_summary_uses_plain_sparse_at_reference():
     out = summarise(rows, 0.5)
     assert out["iso_reference_ppl"] == 20.0
     assert 0.5 < out["iso_sparsity"] < 0.6 and out["iso_note"] == ""
+    assert "iso_sparsity_measured" not in out  # rows from before SPON's own sparsity was measured
+
+
+def test_summary_on_measured_sparsity_uses_what_each_model_runs_at():
+    rows = [
+        {"sparsity": 0.4, "ppl_sparse": 14.0, "ppl_spon": 12.0, "sparsity_measured": 0.41, "sparsity_measured_spon": 0.36},
+        {"sparsity": 0.5, "ppl_sparse": 20.0, "ppl_spon": 15.0, "sparsity_measured": 0.52, "sparsity_measured_spon": 0.46},
+        {"sparsity": 0.6, "ppl_sparse": 40.0, "ppl_spon": 25.0, "sparsity_measured": 0.63, "sparsity_measured_spon": 0.55},
+    ]
+    out = summarise(rows, 0.5)
+    assert out["iso_reference_measured"] == pytest.approx(0.52)
+    # SPON reaches perplexity 20 between its 46% and 55% points: by target past 50%, by measured sparsity at 50.7%
+    assert 0.5 < out["iso_sparsity"] < 0.6 and 0.46 < out["iso_sparsity_measured"] < 0.55
+    # the same log-perplexity crossing, placed on the measured axis: 0.5..0.6 maps to 0.46..0.55
+    assert out["iso_sparsity_measured"] == pytest.approx(0.46 + (out["iso_sparsity"] - 0.5) * 0.9)
 
 
 def test_layer_and_kind():
