@@ -3,25 +3,32 @@
 Thresholds calibrated on the dense model's inputs (TEAL's protocol, the default) let sparse+SPON run less sparse
 than plain sparsity: its vectors restore the activations, so more entries pass. Here both models are brought to the
 target on the same calibration tokens (`calibrate_(..., inputs="own")`), then scored on the same held-out windows
-(paired bootstrap). The vectors are not retrained for the new thresholds.
+(paired bootstrap). The vectors are not retrained for the new thresholds; --retrain adds a row where they are (from
+where they are, with the artifact's training settings, then the thresholds recalibrated once more).
 
-Usage: python scripts/matched_sparsity.py ARTIFACT [MODEL] [DATA] [OUT.json]
+Usage: python scripts/matched_sparsity.py ARTIFACT [--model M] [--data D] [--out OUT.json] [--retrain]
 """
+import argparse
 import json
-import sys
+import time
 
 import torch
 
-from spon import EvalProtocol, calibrate_, load_artifact, load_model, load_splits, sparse_modules, tokenize
+from spon import EvalProtocol, TrainConfig, calibrate_, load_artifact, load_model, load_splits, sparse_modules, tokenize, train_spon_
 from spon.atomic import write_text
 from spon.bootstrap import paired_bootstrap
 from spon.data import sequences
 from spon.evaluate import bos_token_id, gap_recovered, window_scores
 from spon.sparsify import dense, measure_sparsity, without_spon
 
-art = sys.argv[1]
-model_name = sys.argv[2] if len(sys.argv) > 2 else "smollm2"
-data = sys.argv[3] if len(sys.argv) > 3 else "pydoc"
+ap = argparse.ArgumentParser()
+ap.add_argument("artifact")
+ap.add_argument("--model", default="smollm2")
+ap.add_argument("--data", default="pydoc")
+ap.add_argument("--out")
+ap.add_argument("--retrain", action="store_true")
+args = ap.parse_args()
+art, model_name, data = args.artifact, args.model, args.data
 torch.manual_seed(0)
 lm = load_model(model_name, "float32")
 meta = load_artifact(lm.model, art)
@@ -61,10 +68,19 @@ restore()
 calibrate_(model, batches, config, seed=cal.get("seed", 0), inputs="own", progress=False)
 o_spon, om_spon = score(torch.no_grad(), "sparse+SPON, own")
 rows["own-calibrated"] = (o_sparse, om_sparse, o_spon, om_spon)
+retrain_seconds = None
+if args.retrain:  # the vectors trained again under the own-input thresholds, then the thresholds set once more
+    t0 = time.time()
+    train_spon_(model, tokenize(lm.tokenizer, splits.calibration), tokenize(lm.tokenizer, splits.validation),
+                TrainConfig(**meta["training"]["config"]), bos=bos, progress=False)
+    retrain_seconds = round(time.time() - t0, 1)
+    calibrate_(model, batches, config, seed=cal.get("seed", 0), inputs="own", progress=False)
+    r_spon, rm_spon = score(torch.no_grad(), "sparse+SPON, own, retrained")
+    rows["own-calibrated, retrained"] = (o_sparse, om_sparse, r_spon, rm_spon)
 restore()
 
 out = {"artifact": art, "model": model_name, "data": data, "tokens": d.tokens, "windows": int(d.counts.numel()),
-       "target_sparsity": config.sparsity, "ppl_dense": d.ppl, "rows": {}}
+       "target_sparsity": config.sparsity, "ppl_dense": d.ppl, "retrain_seconds": retrain_seconds, "rows": {}}
 for name, (sp, msp, so, mso) in rows.items():
     ci = paired_bootstrap({"dense": d.nll, "sparse": sp.nll, "spon": so.nll}, d.counts)
     out["rows"][name] = {"ppl_sparse": sp.ppl, "sparsity_sparse": msp, "ppl_spon": so.ppl, "sparsity_spon": mso,
@@ -72,5 +88,5 @@ for name, (sp, msp, so, mso) in rows.items():
     print(f"{name}: sparse {sp.ppl:.3f} at {msp:.1%}, sparse+SPON {so.ppl:.3f} at {mso:.1%}, gap recovered "
           f"{gap_recovered(d.ppl, sp.ppl, so.ppl):.1%} [{ci['gap_recovered'][0]:.1%}, {ci['gap_recovered'][1]:.1%}] "
           f"(dense {d.ppl:.3f}; {d.tokens} tokens in {d.counts.numel()} windows)", flush=True)
-if len(sys.argv) > 4:
-    write_text(sys.argv[4], json.dumps(out, indent=2))
+if args.out:
+    write_text(args.out, json.dumps(out, indent=2))
