@@ -43,17 +43,23 @@ def open_model(
 
 def calibrate_model(
     lm: LoadedModel, splits: TextSplits, config: SparsityConfig, *, calib_tokens: int = 8192, seq_len: int = 256,
-    batch_size: int = 4, seed: int = 0, progress: bool = True,
+    batch_size: int = 4, seed: int = 0, progress: bool = True, inputs: str = "dense",
 ) -> dict:
-    """Sparsify and calibrate thresholds on the calibration split; returns the calibration description."""
+    """Sparsify and calibrate thresholds on the calibration split; returns the calibration description.
+
+    inputs="own": the model is already sparsified (and trained); set its thresholds again on the inputs it feeds
+    its own layers, so the model as it will run meets the target (`calibrate_`)."""
     ids = tokenize(lm.tokenizer, splits.calibration)
     bos = bos_token_id(lm.tokenizer)
     seqs = sequences(ids, seq_len, calib_tokens, bos=bos)
     if len(seqs) == 0:
         raise SponError(f"calibration text has {ids.numel()} tokens, fewer than one {seq_len}-token sequence; give more text")
-    sparsify_(lm.model, config)
+    if inputs == "dense":
+        sparsify_(lm.model, config)
     t0 = time.time()
-    if config.allocation == "greedy":
+    if inputs == "own":
+        calibrate_(lm.model, list(seqs.split(batch_size)), config, seed=seed, progress=progress, inputs="own")
+    elif config.allocation == "greedy":
         from .allocate import greedy_allocate_
 
         greedy_allocate_(lm.model, list(seqs.split(batch_size)), config, seed=seed, progress=progress)
@@ -66,6 +72,7 @@ def calibrate_model(
         "seq_len": seq_len,
         "bos": bos is not None,
         "seed": seed,
+        "inputs": inputs,
         "seconds": round(time.time() - t0, 1),
     }
 

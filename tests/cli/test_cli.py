@@ -48,6 +48,24 @@ def test_demo_writes_report_metrics_and_artifact(capsys, model_folder, big_text,
     assert "Tokens sparsified: all tokens" in report and f"{m['ppl_dense']:.3f}" in report and "# spon demo" in stdout
 
 
+def test_train_match_sparsity_sets_thresholds_on_the_models_own_inputs(capsys, model_folder, big_text, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    cal, art = tmp_path / "cal", tmp_path / "art"
+    assert run(capsys, "calibrate", "--model", model_folder, "--data", big_text, "--out", cal, "--quiet", "--calib-tokens", "512",
+               "--sparsity", "0.6")[0] == 0
+    assert run(capsys, "train", "--model", model_folder, "--data", big_text, "--artifact", cal, "--out", art, "--quiet",
+               "--steps", "6", "--seq-len", "32", "--lr", "1e-3", "--calib-tokens", "512", "--match-sparsity")[0] == 0
+    meta = json.loads((art / "spon_config.json").read_text())
+    assert meta["calibration"]["inputs"] == "own" and meta["has_spon"]
+    before, after = load_file(cal / "spon_vectors.safetensors"), load_file(art / "spon_vectors.safetensors")
+    taus = [k for k in before if k.endswith("threshold")]
+    assert taus and any(not torch.equal(before[k], after[k]) for k in taus)
+    code, out, _ = run(capsys, "eval", "--model", model_folder, "--data", big_text, "--artifact", art, "--json", "--quiet", *EVAL)
+    assert json.loads(out)["sparsity_measured_spon"] == pytest.approx(0.6, abs=0.05)
+
+
 def test_calibrate_train_eval_export_generate(capsys, model_folder, big_text, tmp_path):
     cal, art, exp = tmp_path / "cal", tmp_path / "art", tmp_path / "exported"
     assert run(capsys, "calibrate", "--model", model_folder, "--data", big_text, "--out", cal, "--sparsity", "0.6",

@@ -43,6 +43,9 @@ class TrainJob(CalibrateJob):
     artifact: str | None = opt(None, "start from this calibrated artifact", type="str")
     checkpoint_every: int = opt(10, "write OUT/checkpoint.pt every N steps")
     resume: bool = opt(False, "continue from OUT/checkpoint.pt after a crash or kill")
+    match_sparsity: bool = opt(False, "after training, set the thresholds again on the inputs the sparse+SPON model feeds "
+                                      "its own layers, so it runs at the target sparsity (default: thresholds from dense "
+                                      "inputs, TEAL's protocol and the paper's, where SPON runs a little less sparse)")
 
 
 def calibrate(cfg: CalibrateJob | TrainJob, progress: bool = True) -> str:
@@ -64,6 +67,9 @@ def calibrate(cfg: CalibrateJob | TrainJob, progress: bool = True) -> str:
         info["training"] = train_model(lm, splits, cfg.train, progress=progress, checkpoint=ckpt,
                                        checkpoint_every=cfg.checkpoint_every, resume=cfg.resume)
         info["training"]["processes"] = dd.world_size()
+        if cfg.match_sparsity:
+            info["calibration"] = calibrate_model(lm, splits, lm.model.spon_config, calib_tokens=cfg.calib_tokens,
+                                                  progress=progress, inputs="own")
     if dd.is_main():
         save_artifact(lm.model, cfg.out, lm.identity, **info)
         if ckpt is not None and ckpt.is_file():
