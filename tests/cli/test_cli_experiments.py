@@ -131,6 +131,7 @@ def test_bench_decode_cli(capsys, model_folder, tmp_path):
     assert run["kernel_vs_masked_dense"]["identical"] and (out / "decode.png").is_file()
     measured = run["sparsity_measured"]  # calibrated at 50%, no vectors: both rows skip the same columns
     assert 0.3 < measured["sparse"] < 0.7 and measured["sparse+SPON"] == measured["sparse"]
+    assert isinstance(run["anon_huge_page_bytes"], int)
     assert run["llama_cpp"]["status"].startswith(("not installed", "no GGUF of these weights"))  # a folder: no GGUF
     code = main(["bench", "decode", "--model", str(model_folder), "--llama-gguf", "m.gguf", "--dtypes", "float32,bfloat16"])
     err = capsys.readouterr().err.strip().splitlines()

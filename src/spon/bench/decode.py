@@ -35,6 +35,7 @@ from ..decode import (attention_of, decode_backend, head_on_huge_pages, head_pat
 from ..models import ModelArgs
 from ..machine import machine
 from ..greedy import greedy_generate
+from ..huge_pages import huge_page_bytes
 from ..sparsify import measure_sparsity, sparse_modules, without_spon
 from .output import write_json
 
@@ -144,6 +145,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         "backend": decode_backend(sparse_model), "head": head_path(sparse_model), "tokens_per_s": rate, "round_spread": spread,
         "head_on_huge_pages": head_on_huge_pages(sparse_model),
         "layers_on_huge_pages": layers_on_huge_pages(sparse_model),
+        "anon_huge_page_bytes": huge_page_bytes(),  # what Linux granted this process (AnonHugePages; -1: unknown)
         "attention": {"eager": attention_of(sparse_model), **({"compiled": attention_of(compiled[1])} if compiled is not None else {})},
         "speedup_vs_dense": {k: v / rate["dense"] for k, v in rate.items()},
         **({"speedup_vs_llama_cpp": {k: v / rate["llama_cpp"] for k, v in rate.items()},
