@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from .errors import SponError
 from .selection import RULES, SELECTIONS
 
-__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES", "SPON_ON", "ALLOCATIONS", "INITS", "opt", "check_sparsity"]
+__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES", "SPON_ON", "ALLOCATIONS", "INITS", "LR_SCALES", "opt", "check_sparsity"]
 
 TOKEN_MODES = ("all", "decode", "last")
 ALLOCATIONS = ("uniform", "greedy")
 INITS = ("zeros", "mean-dropped")
+LR_SCALES = ("none", "threshold")
 SPON_ON = {"all": "", "attention": r"(attn|attention)", "mlp": r"(mlp|ffn|feed_forward)"}  # name regex per choice
 
 
@@ -95,6 +96,9 @@ class TrainConfig:
     batch_size: int = opt(2, "sequences per step")
     seq_len: int = opt(512, "tokens per training sequence; 512 (the evaluation context) recovered more than 256 on the other "
                             "corpus on all three embedded models, resolved on SmolLM2 only, at the same tokens (docs/RESULTS.md)")
+    lr_scale: str = opt("none", "per-layer learning rate: none (one rate for every vector), or threshold (each layer's rate "
+                        "times its threshold over the median threshold, so a vector moves in its own input's units)",
+                        choices=LR_SCALES)
     warmup: int = opt(5, "linear learning-rate warm-up steps, then cosine decay to lr/10")
     grad_clip: float = opt(1.0, "max global gradient norm of the vectors")
     eval_every: int = opt(10, "validation KL every this many steps (and at steps 0 and last)")
@@ -110,6 +114,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.init not in INITS:
             raise SponError(f"unknown init {self.init!r}; use one of {', '.join(INITS)}")
+        if self.lr_scale not in LR_SCALES:
+            raise SponError(f"unknown lr_scale {self.lr_scale!r}; use one of {', '.join(LR_SCALES)}")
         if not self.lr > 0:
             raise SponError(f"learning rate must be positive, got {self.lr}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):

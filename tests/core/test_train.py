@@ -200,3 +200,28 @@ def test_training_sequences_are_a_seeded_draw_of_distinct_whole_sequences():
     assert not torch.equal(a, training_sequences(ids, spon.TrainConfig(seq_len=64, train_sequences=6, seed=2)))
     batches = init_sequences(a, cfg)  # 8192 tokens would be 128 sequences: all six, in batches of two
     assert [len(x) for x in batches] == [2, 2, 2] and torch.equal(torch.cat(batches), a)
+
+
+@pytest.mark.parametrize("lr_scale", ["none", "threshold"])
+def test_threshold_lr_scale_moves_each_vector_in_proportion_to_its_threshold(lr_scale):
+    model, _ = calibrated("llama", 0.5)
+    mods = list(spon.sparse_modules(model).values())
+    with torch.no_grad():
+        for i, m in enumerate(mods):
+            m.threshold.fill_(0.05 * 2 ** (i % 5))  # 0.05 ... 0.8; the median is 0.2
+    train_ids, val_ids = streams()
+    cfg = spon.TrainConfig(lr=1e-2, steps=1, batch_size=2, seq_len=64, warmup=1, lr_scale=lr_scale)
+    moved = {}
+    spon.train_spon_(model, train_ids, val_ids, cfg, progress=False,
+                     on_step=lambda step: moved.update({id(m): float(m.alpha.abs().max()) for m in mods}))
+    median = sorted(float(m.threshold) for m in mods)[len(mods) // 2]
+    # Adam's first step moves an entry by its rate times g / (|g| + 1e-8): the full rate where the gradient is not tiny
+    want = {id(m): 1e-2 * (float(m.threshold) / median if lr_scale == "threshold" else 1.0) for m in mods}
+    assert all(moved[k] <= want[k] * (1 + 1e-4) for k in want)
+    full = [k for k in want if moved[k] >= want[k] * (1 - 1e-3)]
+    assert len(full) >= len(mods) // 3 and len({round(want[k], 6) for k in full}) >= (3 if lr_scale == "threshold" else 1)
+
+
+def test_unknown_lr_scale_is_a_clear_error():
+    with pytest.raises(spon.SponError, match="unknown lr_scale 'tau'"):
+        spon.TrainConfig(lr_scale="tau")
