@@ -15,6 +15,7 @@ TOKEN_MODES = ("all", "decode", "last")
 ALLOCATIONS = ("uniform", "greedy")
 INITS = ("zeros", "mean-dropped")
 LR_SCALES = ("none", "threshold")
+SELECTS = ("kl", "nll")
 SPON_ON = {"all": "", "attention": r"(attn|attention)", "mlp": r"(mlp|ffn|feed_forward)"}  # name regex per choice
 
 
@@ -92,7 +93,7 @@ class TrainConfig:
     """Distillation of the spontaneous vectors from the dense model (only the alphas learn)."""
 
     lr: float = opt(1e-3, "Adam learning rate; 1e-3 beat 3e-4 on held-out text on all three embedded models, 1e-2 diverged (docs/RESULTS.md)")
-    steps: int = opt(60, "optimiser steps; keep-best on validation KL guards against overshooting")
+    steps: int = opt(60, "optimiser steps; keep-best on validation (see select) guards against overshooting")
     batch_size: int = opt(2, "sequences per step")
     seq_len: int = opt(512, "tokens per training sequence; 512 (the evaluation context) recovered more than 256 on the other "
                             "corpus on all three embedded models, resolved on SmolLM2 only, at the same tokens (docs/RESULTS.md)")
@@ -102,7 +103,9 @@ class TrainConfig:
                         choices=LR_SCALES)
     warmup: int = opt(5, "linear learning-rate warm-up steps, then cosine decay to lr/10")
     grad_clip: float = opt(1.0, "max global gradient norm of the vectors")
-    eval_every: int = opt(10, "validation KL every this many steps (and at steps 0 and last)")
+    eval_every: int = opt(10, "validation scores every this many steps (and at steps 0 and last)")
+    select: str = opt("kl", "the validation score that picks the kept step: kl (to the dense model) or nll (next-token loss "
+                      "on the validation text); both are recorded either way", choices=SELECTS)
     val_sequences: int = opt(4, "validation sequences of seq_len tokens, held out from training")
     train_sequences: int | None = opt(32, "distinct training sequences, reused over epochs (None: steps x batch, one pass)")
     teacher_topk: int = opt(64, "teacher kept as top-k log-probs + rest mass, computed once; 0 = exact KL, teacher every step")
@@ -117,6 +120,8 @@ class TrainConfig:
             raise SponError(f"unknown init {self.init!r}; use one of {', '.join(INITS)}")
         if self.lr_scale not in LR_SCALES:
             raise SponError(f"unknown lr_scale {self.lr_scale!r}; use one of {', '.join(LR_SCALES)}")
+        if self.select not in SELECTS:
+            raise SponError(f"unknown select {self.select!r}; use one of {', '.join(SELECTS)}")
         if not self.lr > 0:
             raise SponError(f"learning rate must be positive, got {self.lr}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from . import distributed as dd
@@ -22,7 +23,7 @@ from .init import init_alphas_
 from .kl import kl_per_token, kl_topk, topk_teacher
 from .sparsify import decode_as_sparse_suffix, dense, sparse_modules
 
-__all__ = ["train_spon_", "TrainResult", "Teacher", "validation_kl", "lr_at", "lr_scales", "spon_parameters_"]
+__all__ = ["train_spon_", "TrainResult", "Teacher", "validation_kl", "validation_scores", "lr_at", "lr_scales", "spon_parameters_"]
 
 
 @dataclass
@@ -30,13 +31,16 @@ class TrainResult:
     """What training did: validation KL before/after, the step whose alphas were kept, and the history."""
 
     val_kl_start: float
-    val_kl_best: float
+    val_kl_best: float  # the validation KL of the kept vectors
     best_step: int
     steps_run: int
     kept: str  # "trained", "start" (the starting vectors) or "zeros" (nothing beat zero vectors)
     stopped: str = ""  # why training stopped early, if it did
     train_sequences: int = 0  # distinct training sequences drawn (fewer than asked when the text is short)
     history: list[dict] = field(default_factory=list)
+    val_nll_start: float = math.nan  # validation next-token NLL before training and of the kept vectors
+    val_nll_best: float = math.nan
+    select: str = "kl"  # the score that picked the kept step
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -142,15 +146,23 @@ class Teacher:
 
 
 @torch.no_grad()
-def validation_kl(model: nn.Module, teacher: Teacher, batch_size: int) -> float:
-    """Mean per-token KL(dense || sparse) over the teacher's sequences."""
-    total, count = 0.0, 0
+def validation_scores(model: nn.Module, teacher: Teacher, batch_size: int) -> dict[str, float]:
+    """Mean per-token KL(dense || sparse) and next-token NLL (nats) over the teacher's sequences, one forward."""
+    kl = nll = 0.0
+    count = 0
     for i in range(0, len(teacher.seqs), batch_size):
         rows = torch.arange(i, min(i + batch_size, len(teacher.seqs)))
-        logits = model(input_ids=teacher.seqs[rows].to(teacher.device)).logits
-        total += float(teacher.kl(rows, logits)) * len(rows)
+        ids = teacher.seqs[rows].to(teacher.device)
+        logits = model(input_ids=ids).logits
+        kl += float(teacher.kl(rows, logits)) * len(rows)
+        nll += float(F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())) * len(rows)
         count += len(rows)
-    return total / count
+    return {"kl": kl / count, "nll": nll / count}
+
+
+def validation_kl(model: nn.Module, teacher: Teacher, batch_size: int) -> float:
+    """Mean per-token KL(dense || sparse) over the teacher's sequences."""
+    return validation_scores(model, teacher, batch_size)["kl"]
 
 
 def training_sequences(train_ids: torch.Tensor, config: TrainConfig, *, bos: int | None = None) -> torch.Tensor:
@@ -292,22 +304,23 @@ def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, 
     if state is not None:
         return _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, resume=state)
     start = [a.detach().clone() for a in alphas]
-    best_state, best, kept = start, validation_kl(model, val, config.batch_size), "start"
-    val_start = best
+    first = validation_scores(model, val, config.batch_size)
+    best_state, best, kept = start, first, "start"
     if not any(bool(a.any()) for a in start):
         kept = "zeros"
     else:  # a non-zero start must also beat zero vectors
         with torch.no_grad():
             for a in alphas:
                 a.zero_()
-        zero = validation_kl(model, val, config.batch_size)
-        if zero <= best:
+        zero = validation_scores(model, val, config.batch_size)
+        if zero[config.select] <= best[config.select]:
             best_state, best, kept = [a.detach().clone() for a in alphas], zero, "zeros"
         with torch.no_grad():
             for a, s in zip(alphas, start):
                 a.copy_(s)
-    result = TrainResult(val_kl_start=val_start, val_kl_best=best, best_step=0, steps_run=0, kept=kept)
-    result.history.append({"step": 0, "val_kl": val_start})
+    result = TrainResult(val_kl_start=first["kl"], val_kl_best=best["kl"], best_step=0, steps_run=0, kept=kept,
+                         val_nll_start=first["nll"], val_nll_best=best["nll"], select=config.select)
+    result.history.append({"step": 0, "val_kl": first["kl"], "val_nll": first["nll"]})
     return _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, result=result, best_state=best_state)
 
 
@@ -353,12 +366,13 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
         dd.all_reduce_mean_([mean_loss])
         record = {"step": step, "loss": float(mean_loss), "lr": lr_at(step, config)}
         if step % config.eval_every == 0 or step == config.steps:
-            record["val_kl"] = v = validation_kl(model, val, config.batch_size)
-            if v < result.val_kl_best:
-                result.val_kl_best, result.best_step, result.kept = v, step, "trained"
+            v = validation_scores(model, val, config.batch_size)
+            record["val_kl"], record["val_nll"] = v["kl"], v["nll"]
+            if v[config.select] < getattr(result, f"val_{config.select}_best"):
+                result.val_kl_best, result.val_nll_best, result.best_step, result.kept = v["kl"], v["nll"], step, "trained"
                 best_state = [a.detach().clone() for a in alphas]
         result.history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{result.val_kl_best:.4f}")
+        bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{getattr(result, f'val_{config.select}_best'):.4f}")
         if ckpt is not None and (step % ckpt.every == 0) and step < config.steps:
             ckpt.save(step, pos, alphas, opt, best_state, result)
         if on_step is not None:

@@ -3,7 +3,7 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, random_ids
-from spon.train import lr_at
+from spon.train import Teacher, lr_at, validation_scores
 
 
 def streams():
@@ -225,3 +225,30 @@ def test_threshold_lr_scale_moves_each_vector_in_proportion_to_its_threshold(lr_
 def test_unknown_lr_scale_is_a_clear_error():
     with pytest.raises(spon.SponError, match="unknown lr_scale 'tau'"):
         spon.TrainConfig(lr_scale="tau")
+
+
+def test_validation_nll_is_the_models_next_token_loss():
+    model = make_model("llama")
+    seqs = random_ids(3, 32, seed=9)
+    teacher = Teacher(model, seqs, 8, 2)
+    with torch.no_grad():
+        expected = sum(float(model(input_ids=seqs[i:i + 1], labels=seqs[i:i + 1]).loss) for i in range(3)) / 3
+    assert validation_scores(model, teacher, 2)["nll"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("select", ["kl", "nll"])
+def test_the_kept_step_is_the_best_by_the_selected_validation_score(select):
+    model, _ = calibrated("llama", 0.6)
+    cfg = spon.TrainConfig(lr=3e-3, steps=12, batch_size=4, seq_len=64, eval_every=2, warmup=2, select=select)
+    result = spon.train_spon_(model, narrow(64 * 16, seed=5), narrow(64 * 4, seed=6), cfg, progress=False)
+    scored = [h for h in result.history if "val_kl" in h]
+    assert len(scored) == 7 and all("val_nll" in h for h in scored)
+    best = min(scored, key=lambda h: h[f"val_{select}"])
+    assert min(scored, key=lambda h: h["val_kl"])["step"] != min(scored, key=lambda h: h["val_nll"])["step"]  # so a choice is tested
+    assert result.select == select and result.best_step == best["step"]
+    assert (result.val_kl_best, result.val_nll_best) == (best["val_kl"], best["val_nll"])  # both scores of the kept step
+
+
+def test_unknown_select_is_a_clear_error():
+    with pytest.raises(spon.SponError, match="unknown select 'ppl'; use one of kl, nll"):
+        spon.TrainConfig(select="ppl")

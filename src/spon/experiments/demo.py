@@ -80,7 +80,8 @@ def render_report(r: dict) -> str:
         f"- Calibration: {r['calibration']['tokens']} tokens of {r['calibration']['data']['description']}.",
         f"- SPON training: {tr['steps_run']} steps, lr {r['training']['config']['lr']}, batch "
         f"{r['training']['config']['batch_size']}x{r['training']['config']['seq_len']}; validation KL "
-        f"{tr['val_kl_start']:.4f} -> {tr['val_kl_best']:.4f} (kept: {tr['kept']}, step {tr['best_step']}; teacher top-"
+        f"{tr['val_kl_start']:.4f} -> {tr['val_kl_best']:.4f} (kept: {tr['kept']}, step {tr['best_step']}, picked by validation "
+        f"{tr.get('select', 'kl').upper()}; teacher top-"
         f"{r['training']['config']['teacher_topk']} log-probs + rest){'; ' + tr['stopped'] if tr['stopped'] else ''}.",
         f"- Evaluation: {m['data']['split']} split of {m['data']['description']}, {m['tokens']} tokens scored in "
         f"{m.get('windows', '?')} windows of context {proto['ctx_len']}, stride {proto['stride']}, "

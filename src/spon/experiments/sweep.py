@@ -154,6 +154,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> dict:
             "gap_recovered": m["gap_recovered"], "ci95": m["ci95"], "sparsity_measured": m["sparsity_measured"],
             "sparsity_measured_spon": m.get("sparsity_measured_spon"), "kept": training["result"]["kept"],
             "val_kl_start": training["result"]["val_kl_start"], "val_kl_best": training["result"]["val_kl_best"],
+            "val_nll_best": training["result"].get("val_nll_best"), "best_step": training["result"]["best_step"],
+            "val_history": [h for h in training["result"]["history"] if "val_kl" in h],
             "train_seconds": training["seconds"], "seconds": p["seconds"]["total"], "spon_norms": spon_norms(session.lm.model),
             "window_nll": window_nll(m),
         }
