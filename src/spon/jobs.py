@@ -81,7 +81,7 @@ def train_model(
     lm: LoadedModel, splits: TextSplits, config: TrainConfig, *, progress: bool = True, checkpoint: str | Path | None = None,
     checkpoint_every: int = 10, resume: bool = False,
 ) -> dict:
-    """Train SPON vectors on the calibration split, keeping the best by KL on the validation split."""
+    """Train SPON vectors on the calibration split, keeping the best step by validation score (config.select) on the validation split."""
     t0 = time.time()
     result = train_spon_(
         lm.model, tokenize(lm.tokenizer, splits.calibration), tokenize(lm.tokenizer, splits.validation), config,

@@ -387,3 +387,15 @@ def test_siblings_in_one_buffer_are_read_as_one_row_and_each_keeps_its_threshold
         torch.testing.assert_close(a, b, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-5 if dtype == torch.float32 else 1e-2)
     loose = plans(wt, [torch.zeros(T * w).data_ptr() for w in widths])
     assert k.lib.spon_gemv_fusable((ctypes.c_void_p * n)(*[ctypes.addressof(p) for p in loose]), n) == 0  # accumulators apart
+
+
+@needs_cc
+def test_byte_bound_counts_the_dense_head_in_full():
+    """Tiny llama: 2 layers of q 32x32, k/v 32x16, o 32x32, gate/up/down 32x64 (9,216 weights each) and a 96x32 head."""
+    from spon.bench.decode import byte_bound
+
+    model, _ = calibrated("llama", 0.5)
+    assert byte_bound(model, 0.0) == 1.0
+    assert byte_bound(model, 0.5) == pytest.approx((3072 + 18432) / (3072 + 18432 / 2))
+    prepare_decode_(model)  # the head becomes a DecodeHead: still counted
+    assert byte_bound(model, 1.0) == pytest.approx((3072 + 18432) / 3072)
