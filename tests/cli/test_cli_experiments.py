@@ -281,3 +281,15 @@ def test_gpu_checks_script_says_it_needs_a_gpu():
     proc = subprocess.run([sys.executable, str(script), "--out", "unused"], capture_output=True, text=True,
                           env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "gpu_checks: no CUDA device here; run this on a GPU machine"
+
+
+def test_report_renders_a_decode_run_with_llama_cpp_measured(tmp_path):
+    run = {"tokens_per_s": {"dense": 10.0, "sparse+SPON": 15.0, "llama_cpp": 12.5},
+           "speedup_vs_dense": {"dense": 1.0, "sparse+SPON": 1.5, "llama_cpp": 1.25},
+           "llama_cpp": {"status": "measured", "gguf": "m.gguf", "threads": 2}, "byte_bound": {"sparse+SPON": 1.625}}
+    res = tmp_path / "bench"
+    res.mkdir()
+    (res / "decode.json").write_text(json.dumps({"model": {"name": "m"}, "sparsity": 0.5, "runs": {"float32": run}}))
+    assert main(["report", str(res), "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| float32 | llama_cpp | 12.5 | 1.25x |" in text and "| 1.62x |" in text

@@ -87,10 +87,11 @@ def _decode(r: dict) -> list[str]:
     for dtype, run in r["runs"].items():
         for v, rate in run["tokens_per_s"].items():
             lines.append(f"| {dtype} | {v} | {rate:.1f} | {run['speedup_vs_dense'][v]:.2f}x |")
-        lcpp = run.get("llama_cpp")
-        if lcpp:
-            lines.append(f"| {dtype} | llama.cpp dense | "
-                         + (f"{lcpp['tokens_per_s']:.1f} | |" if lcpp["status"] == "measured" else f"- ({lcpp['status']}) | |"))
+        lcpp = run.get("llama_cpp")  # when measured its rate is a variant above ("llama_cpp")
+        if lcpp and lcpp["status"] != "measured":
+            lines.append(f"| {dtype} | llama.cpp dense | - ({lcpp['status']}) | |")
+        for v, bound in run.get("byte_bound", {}).items():
+            lines.append(f"| {dtype} | {v}: weight-bytes bound on the speed-up (not a rate) | {bound:.2f}x | |")
         if run.get("compile_seconds"):
             lines.append(f"| {dtype} | compile seconds (not in the rates) | {run['compile_seconds']} | |")
     return lines
