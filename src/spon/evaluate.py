@@ -17,6 +17,7 @@ from .sparsify import dense, measure_sparsity, sparse_modules, without_spon
 
 __all__ = [
     "PRESETS", "EvalProtocol", "WindowScores", "bos_token_id", "perplexity", "window_scores", "evaluate_variants", "gap_recovered",
+    "next_token_nll",
 ]
 
 
@@ -80,6 +81,12 @@ class WindowScores:
     counts: torch.Tensor  # [W] int64
 
 
+def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL (nats, float32) of labels[:, 1:] under logits[:, :-1] (logits [B, T, V]); labels -100 score 0."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=-100, reduction="none")
+
+
 @torch.no_grad()
 def window_scores(
     model: nn.Module, ids: torch.Tensor, protocol: EvalProtocol, bos: int | None, *, progress: bool = True, desc: str = "perplexity"
@@ -111,9 +118,7 @@ def window_scores(
             labels = torch.cat([torch.full((len(batch), 1), -100), labels], dim=1)
         logits = model(input_ids=inp.to(device)).logits.float()
         # logits[:, j] predicts inp[:, j + 1]; per token, then summed per window and per batch
-        token_nll = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100, reduction="none"
-        ).view(len(batch), -1)
+        token_nll = next_token_nll(logits, labels.to(device)).view(len(batch), -1)
         nll += float(token_nll.sum())
         scored = (labels[:, 1:] != -100).sum(1)
         count += int(scored.sum())

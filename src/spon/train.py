@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from . import distributed as dd
@@ -19,6 +18,7 @@ from .atomic import atomic_file
 from .config import SPON_ON, TrainConfig
 from .data import sequences
 from .errors import SponError
+from .evaluate import next_token_nll
 from .init import init_alphas_
 from .kl import kl_per_token, kl_topk, topk_teacher
 from .sparsify import decode_as_sparse_suffix, dense, sparse_modules
@@ -41,6 +41,11 @@ class TrainResult:
     val_nll_start: float = math.nan  # validation next-token NLL before training and of the kept vectors
     val_nll_best: float = math.nan
     select: str = "kl"  # the score that picked the kept step
+
+    @property
+    def best_score(self) -> float:
+        """The kept vectors' validation score under `select`."""
+        return self.val_nll_best if self.select == "nll" else self.val_kl_best
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -155,7 +160,7 @@ def validation_scores(model: nn.Module, teacher: Teacher, batch_size: int) -> di
         ids = teacher.seqs[rows].to(teacher.device)
         logits = model(input_ids=ids).logits
         kl += float(teacher.kl(rows, logits)) * len(rows)
-        nll += float(F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())) * len(rows)
+        nll += float(next_token_nll(logits, ids).mean()) * len(rows)
         count += len(rows)
     return {"kl": kl / count, "nll": nll / count}
 
@@ -368,11 +373,11 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
         if step % config.eval_every == 0 or step == config.steps:
             v = validation_scores(model, val, config.batch_size)
             record["val_kl"], record["val_nll"] = v["kl"], v["nll"]
-            if v[config.select] < getattr(result, f"val_{config.select}_best"):
+            if v[config.select] < result.best_score:
                 result.val_kl_best, result.val_nll_best, result.best_step, result.kept = v["kl"], v["nll"], step, "trained"
                 best_state = [a.detach().clone() for a in alphas]
         result.history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{getattr(result, f'val_{config.select}_best'):.4f}")
+        bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{result.best_score:.4f}")
         if ckpt is not None and (step % ckpt.every == 0) and step < config.steps:
             ckpt.save(step, pos, alphas, opt, best_state, result)
         if on_step is not None:

@@ -49,11 +49,11 @@ def byte_bound(model: nn.Module, skipped: float) -> float:
     weights at one bandwidth, when `skipped` of the sparse layers' weight columns (weighted, `measure_sparsity`) are
     skipped. The dense output head and any dense linear count in full; attention, norms and the framework add time to
     both sides, so a measured ratio against an equally efficient dense step stays below this."""
-    mods = sparse_modules(model).values()
-    sparse = sum(m.in_features * m.out_features for m in mods)
+    mods = {id(m): m for m in sparse_modules(model).values()}
+    sparse = sum(m.in_features * m.out_features for m in mods.values())
     head = model.get_output_embeddings()
     dense = sum(m.in_features * m.out_features for m in model.modules()  # the head (a DecodeHead once prepared) and the rest
-                if (isinstance(m, nn.Linear) or m is head) and all(m is not s for s in mods))
+                if (isinstance(m, nn.Linear) or m is head) and id(m) not in mods)
     return (dense + sparse) / (dense + sparse * (1.0 - skipped))
 
 

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import ensure_writable_dir
@@ -23,6 +22,7 @@ from ..config import SparsityConfig, TrainConfig, opt
 from ..models import ModelArgs
 from ..machine import machine
 from ..errors import SponError
+from ..evaluate import next_token_nll
 from ..sparsify import sparse_modules
 from ..train import Teacher, lr_at, spon_parameters_
 from .output import write_json
@@ -59,7 +59,7 @@ def bench_step(model: nn.Module, batch: torch.Tensor, config: TrainConfig, *, re
 
     def plain_fwd_bwd():
         logits = model(input_ids=ids).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+        loss = next_token_nll(logits, ids).mean()
         model.zero_grad(set_to_none=True)
         loss.backward()
 
