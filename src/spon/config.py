@@ -103,6 +103,8 @@ class TrainConfig:
                         choices=LR_SCALES)
     warmup: int = opt(5, "linear learning-rate warm-up steps, then cosine decay to lr/10")
     grad_clip: float = opt(1.0, "max global gradient norm of the vectors")
+    average: float = opt(0.0, "0: validate and keep the optimiser's vectors; d in (0, 1): an exponential moving average of "
+                         "them with decay d (from step 1) is validated and kept instead, against step-to-step noise")
     eval_every: int = opt(10, "validation scores every this many steps (and at steps 0 and last)")
     select: str = opt("kl", "the validation score that picks the kept step: kl (to the dense model) or nll (next-token loss "
                       "on the validation text); both are recorded either way", choices=SELECTS)
@@ -122,6 +124,8 @@ class TrainConfig:
             raise SponError(f"unknown lr_scale {self.lr_scale!r}; use one of {', '.join(LR_SCALES)}")
         if self.select not in SELECTS:
             raise SponError(f"unknown select {self.select!r}; use one of {', '.join(SELECTS)}")
+        if not 0.0 <= self.average < 1.0:
+            raise SponError(f"average must be in [0, 1) (0 turns it off, e.g. 0.9), got {self.average}")
         if not self.lr > 0:
             raise SponError(f"learning rate must be positive, got {self.lr}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):

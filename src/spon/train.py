@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import re
@@ -269,13 +270,14 @@ class _Checkpointer:
         return {"config": self.config.to_dict(), "modules": {n: [m.out_features, m.in_features] for n, m in self.mods.items()},
                 "world_size": dd.world_size()}
 
-    def save(self, step: int, pos: int, alphas, opt, best_state, result: "TrainResult") -> None:
+    def save(self, step: int, pos: int, alphas, opt, best_state, result: "TrainResult", ema=None) -> None:
         if not dd.is_main():
             return
         state = {
             "version": CHECKPOINT_VERSION, **self._identity(), "step": step, "pos": pos,
             "params": [a.detach().cpu().clone() for a in alphas], "optimizer": opt.state_dict(),
             "best_state": [b.cpu() for b in best_state], "result": result.to_dict(),
+            "ema": [e.cpu() for e in ema] if ema is not None else [],
             "thresholds": {n: float(m.threshold) for n, m in self.mods.items()},
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,6 +301,36 @@ class _Checkpointer:
                     "resume with the same options and processes, or delete the checkpoint"
                 )
         return state
+
+
+def _average_(ema: list[torch.Tensor] | None, alphas, decay: float) -> list[torch.Tensor] | None:
+    """The exponential moving average of the vectors after one more step (None when not averaging)."""
+    if not decay:
+        return None
+    with torch.no_grad():
+        if ema is None:
+            return [a.detach().clone() for a in alphas]
+        for e, a in zip(ema, alphas):
+            e.mul_(decay).add_(a.detach(), alpha=1.0 - decay)
+    return ema
+
+
+@contextlib.contextmanager
+def _holding(alphas, values: list[torch.Tensor] | None):
+    """The vectors hold `values` inside the block (nothing changes when None), their own values again after it."""
+    if values is None:
+        yield
+        return
+    own = [a.detach().clone() for a in alphas]
+    with torch.no_grad():
+        for a, v in zip(alphas, values):
+            a.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for a, o in zip(alphas, own):
+                a.copy_(o)
 
 
 def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, progress: bool,
@@ -338,6 +370,7 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
     gen = torch.Generator().manual_seed(config.seed + 1)
     order = torch.randperm(len(train.seqs), generator=gen)
     pos, first = 0, 1
+    ema: list[torch.Tensor] | None = None
     if resume is not None:
         with torch.no_grad():
             for a, saved in zip(alphas, resume["params"]):
@@ -347,6 +380,7 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
         opt.load_state_dict(resume["optimizer"])
         best_state = [b.to(a.device) for a, b in zip(alphas, resume["best_state"])]
         result = TrainResult(**resume["result"])
+        ema = [e.to(a.device) for a, e in zip(alphas, resume["ema"])] if resume.get("ema") else None
         pos, first = resume["pos"], resume["step"] + 1  # every draw is from seeded generators: no global RNG to restore
     bar = tqdm(range(first, config.steps + 1), desc="training SPON", disable=not progress, initial=first - 1, total=config.steps)
     for step in bar:
@@ -366,20 +400,22 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
         dd.all_reduce_mean_([a.grad for a in alphas if a.grad is not None])
         torch.nn.utils.clip_grad_norm_(alphas, config.grad_clip)
         opt.step()
+        ema = _average_(ema, alphas, config.average)
         result.steps_run = step
         mean_loss = loss.detach().reshape(1).clone()
         dd.all_reduce_mean_([mean_loss])
         record = {"step": step, "loss": float(mean_loss), "lr": lr_at(step, config)}
         if step % config.eval_every == 0 or step == config.steps:
-            v = validation_scores(model, val, config.batch_size)
+            with _holding(alphas, ema):  # the averaged vectors, when averaging, are the ones validated and kept
+                v = validation_scores(model, val, config.batch_size)
+                if v[config.select] < result.best_score:
+                    result.val_kl_best, result.val_nll_best, result.best_step, result.kept = v["kl"], v["nll"], step, "trained"
+                    best_state = [a.detach().clone() for a in alphas]
             record["val_kl"], record["val_nll"] = v["kl"], v["nll"]
-            if v[config.select] < result.best_score:
-                result.val_kl_best, result.val_nll_best, result.best_step, result.kept = v["kl"], v["nll"], step, "trained"
-                best_state = [a.detach().clone() for a in alphas]
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{result.best_score:.4f}")
         if ckpt is not None and (step % ckpt.every == 0) and step < config.steps:
-            ckpt.save(step, pos, alphas, opt, best_state, result)
+            ckpt.save(step, pos, alphas, opt, best_state, result, ema)
         if on_step is not None:
             on_step(step)
     with torch.no_grad():

@@ -252,3 +252,45 @@ def test_the_kept_step_is_the_best_by_the_selected_validation_score(select):
 def test_unknown_select_is_a_clear_error():
     with pytest.raises(spon.SponError, match="unknown select 'ppl'; use one of kl, nll"):
         spon.TrainConfig(select="ppl")
+
+
+def test_averaging_validates_and_keeps_the_moving_average_of_the_steps():
+    model, _ = calibrated("llama", 0.6)
+    mods = spon.sparse_modules(model)
+    iterates: list[dict] = []  # the optimiser's vectors after each step (on_step runs after validation put them back)
+    cfg = spon.TrainConfig(lr=3e-3, steps=8, batch_size=4, seq_len=64, eval_every=1, warmup=2, average=0.5)
+    result = spon.train_spon_(model, narrow(64 * 16, seed=5), narrow(64 * 4, seed=6), cfg, progress=False,
+                              on_step=lambda step: iterates.append({n: m.alpha.detach().clone() for n, m in mods.items()}))
+    assert result.kept == "trained" and len(iterates) == 8
+    ema = dict(iterates[0])
+    for it in iterates[1: result.best_step]:
+        ema = {n: 0.5 * ema[n] + 0.5 * it[n] for n in ema}
+    for n, m in mods.items():
+        torch.testing.assert_close(m.alpha, ema[n])
+    assert result.best_step > 1 and any(not torch.allclose(m.alpha, iterates[result.best_step - 1][n]) for n, m in mods.items())
+
+
+def test_averaging_resumes_to_the_uninterrupted_vectors(tmp_path):
+    cfg = spon.TrainConfig(lr=3e-3, steps=6, batch_size=4, seq_len=64, eval_every=3, warmup=2, average=0.7)
+    ids, val = narrow(64 * 16, seed=5), narrow(64 * 4, seed=6)
+    model, _ = calibrated("llama", 0.6)
+    spon.train_spon_(model, ids, val, cfg, progress=False)
+    whole = {n: m.alpha.detach().clone() for n, m in spon.sparse_modules(model).items()}
+
+    def stop(step):
+        if step == 3:
+            raise RuntimeError("stop")
+
+    model, _ = calibrated("llama", 0.6)
+    with pytest.raises(RuntimeError, match="stop"):
+        spon.train_spon_(model, ids, val, cfg, progress=False, checkpoint=tmp_path / "c.pt", checkpoint_every=3, on_step=stop)
+    model, _ = calibrated("llama", 0.6)
+    spon.train_spon_(model, ids, val, cfg, progress=False, checkpoint=tmp_path / "c.pt", checkpoint_every=3, resume=True)
+    assert any(bool(v.any()) for v in whole.values())
+    for n, m in spon.sparse_modules(model).items():
+        assert torch.equal(m.alpha, whole[n]), n
+
+
+def test_average_out_of_range_is_a_clear_error():
+    with pytest.raises(spon.SponError, match=r"average must be in \[0, 1\)"):
+        spon.TrainConfig(average=1.0)
