@@ -303,13 +303,25 @@ class _Checkpointer:
         return state
 
 
+def _snapshot(alphas) -> list[torch.Tensor]:
+    """Detached copies of the vectors' current values."""
+    return [a.detach().clone() for a in alphas]
+
+
+def _assign_(alphas, values) -> None:
+    """Write `values` into the vectors in place, outside autograd."""
+    with torch.no_grad():
+        for a, v in zip(alphas, values):
+            a.copy_(v)
+
+
 def _average_(ema: list[torch.Tensor] | None, alphas, decay: float) -> list[torch.Tensor] | None:
     """The exponential moving average of the vectors after one more step (None when not averaging)."""
     if not decay:
         return None
     with torch.no_grad():
         if ema is None:
-            return [a.detach().clone() for a in alphas]
+            return _snapshot(alphas)
         for e, a in zip(ema, alphas):
             e.mul_(decay).add_(a.detach(), alpha=1.0 - decay)
     return ema
@@ -321,16 +333,12 @@ def _holding(alphas, values: list[torch.Tensor] | None):
     if values is None:
         yield
         return
-    own = [a.detach().clone() for a in alphas]
-    with torch.no_grad():
-        for a, v in zip(alphas, values):
-            a.copy_(v)
+    own = _snapshot(alphas)
+    _assign_(alphas, values)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for a, o in zip(alphas, own):
-                a.copy_(o)
+        _assign_(alphas, own)
 
 
 def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, progress: bool,
@@ -340,7 +348,7 @@ def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, 
         raise SponError(f"batch_size {config.batch_size} must be a multiple of the {world} processes")
     if state is not None:
         return _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, resume=state)
-    start = [a.detach().clone() for a in alphas]
+    start = _snapshot(alphas)
     first = validation_scores(model, val, config.batch_size)
     best_state, best, kept = start, first, "start"
     if not any(bool(a.any()) for a in start):
@@ -351,10 +359,8 @@ def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, 
                 a.zero_()
         zero = validation_scores(model, val, config.batch_size)
         if zero[config.select] <= best[config.select]:
-            best_state, best, kept = [a.detach().clone() for a in alphas], zero, "zeros"
-        with torch.no_grad():
-            for a, s in zip(alphas, start):
-                a.copy_(s)
+            best_state, best, kept = _snapshot(alphas), zero, "zeros"
+        _assign_(alphas, start)
     result = TrainResult(val_kl_start=first["kl"], val_kl_best=best["kl"], best_step=0, steps_run=0, kept=kept,
                          val_nll_start=first["nll"], val_nll_best=best["nll"], select=config.select)
     result.history.append({"step": 0, "val_kl": first["kl"], "val_nll": first["nll"]})
@@ -372,9 +378,8 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
     pos, first = 0, 1
     ema: list[torch.Tensor] | None = None
     if resume is not None:
+        _assign_(alphas, resume["params"])
         with torch.no_grad():
-            for a, saved in zip(alphas, resume["params"]):
-                a.copy_(saved)
             for name, m in ckpt.mods.items():
                 m.threshold.fill_(resume["thresholds"][name])
         opt.load_state_dict(resume["optimizer"])
@@ -410,7 +415,7 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
                 v = validation_scores(model, val, config.batch_size)
                 if v[config.select] < result.best_score:
                     result.val_kl_best, result.val_nll_best, result.best_step, result.kept = v["kl"], v["nll"], step, "trained"
-                    best_state = [a.detach().clone() for a in alphas]
+                    best_state = _snapshot(alphas)
             record["val_kl"], record["val_nll"] = v["kl"], v["nll"]
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", best_val=f"{result.best_score:.4f}")
@@ -418,7 +423,5 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
             ckpt.save(step, pos, alphas, opt, best_state, result, ema)
         if on_step is not None:
             on_step(step)
-    with torch.no_grad():
-        for a, b in zip(alphas, best_state):
-            a.copy_(b)
+    _assign_(alphas, best_state)
     return result
