@@ -149,6 +149,7 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", 
     if fold and any(m.unfolded_vectors for m in mods.values()):
         fold_(model)
     todo = [m for m in mods.values() if m.decode is None]
+    before = {id(m): m.weight for m in todo}
     for group, home in _homes(model, todo, huge_pages, fuse_siblings):
         if home is None:  # laid out on its own, as torch allocates (GPT-2's Conv1D stores [in, out] already)
             m = group[0]
@@ -165,8 +166,21 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", 
         for m in group:
             m.decode = DecodeState(spon_free=not m.unfolded_vectors)
             m.decode.siblings = call
+    _retie_embeddings(model, todo, before)
     _swap_head(model, head, huge_pages)
     return model
+
+
+def _retie_embeddings(model: nn.Module, relaid: list, before: dict) -> None:
+    """A head sparsified on request (`SparsityConfig.include`) whose weight the input embeddings shared (tied models)
+    has a new, input-major weight now: the embeddings read that one too (a strided view: one row per token), so the
+    old copy is freed rather than kept for the lookup alone."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    old = getattr(emb, "weight", None)
+    for m in relaid:
+        if old is not None and before[id(m)] is old and m.weight.shape == old.shape:
+            emb.weight = m.weight
 
 
 def siblings(model: nn.Module, mods: list | None = None) -> list[list]:

@@ -399,3 +399,51 @@ def test_byte_bound_counts_the_dense_head_in_full():
     assert byte_bound(model, 0.5) == pytest.approx((3072 + 18432) / (3072 + 18432 / 2))
     prepare_decode_(model)  # the head becomes a DecodeHead: still counted
     assert byte_bound(model, 1.0) == pytest.approx((3072 + 18432) / 3072)
+
+
+HEAD_TOO = dict(include=r"(\.\d+\.|^lm_head$)", exclude=r"(^|\.)(embed\w*|router)$")
+
+
+@needs_cc
+def test_a_head_sparsified_on_request_keeps_its_tie_folds_exactly_and_decodes_like_masked_dense(arch):
+    """`--include`/`--exclude` can put the output head among the sparse layers: it reads the embeddings' weight (tied
+    models), takes a SPON vector folded into a bias of vocabulary size, and serves single tokens through the sparse
+    GEMV, not the dense `DecodeHead`."""
+    from spon.bench.decode import byte_bound
+    from spon.sparse_linear import SparseLinear
+
+    model = make_model(arch)
+    head_weight = model.get_output_embeddings().weight
+    tied = model.get_input_embeddings().weight is head_weight
+    cfg = spon.SparsityConfig(sparsity=0.5, **HEAD_TOO)
+    mods = spon.sparsify_(model, cfg)
+    assert "lm_head" in mods and isinstance(model.get_output_embeddings(), SparseLinear)
+    assert model.get_output_embeddings().weight is head_weight
+    assert (model.get_input_embeddings().weight is head_weight) == tied
+    spon.calibrate_(model, [random_ids(2, 32, seed=s) for s in range(2)], cfg, progress=False)
+    g = torch.Generator().manual_seed(3)
+    for m in spon.sparse_modules(model).values():
+        m.alpha.copy_(torch.randn(m.in_features, generator=g) * 0.05)
+    prompt = random_ids(1, 12, seed=4)
+    with torch.no_grad():
+        before = model(input_ids=prompt).logits
+        spon.fold_(model)
+        torch.testing.assert_close(model(input_ids=prompt).logits, before, **TOL[torch.float32])
+    assert model.lm_head.folded_bias.shape == (model.config.vocab_size,)
+    prepare_decode_(model)
+    assert isinstance(model.get_output_embeddings(), SparseLinear)  # not swapped for the dense DecodeHead
+    assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied  # no second copy
+    torch.testing.assert_close(model.get_output_embeddings().weight, head_weight, rtol=0, atol=0)
+    assert byte_bound(model, 0.5) == pytest.approx(2.0)  # every linear sparse: half the bytes at half the columns
+    with torch.no_grad():
+        step = prompt[:, :1]
+        got = model(input_ids=step).logits  # one token: the head through the kernel too
+        with masked_dense(model):
+            ref = model(input_ids=step).logits
+    torch.testing.assert_close(got, ref, **TOL[torch.float32])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=prompt).logits, before, **TOL[torch.float32])  # prefill: lookups too
+    spon.unsparsify_(model)
+    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied
+    torch.testing.assert_close(model.get_output_embeddings().weight, head_weight, rtol=0, atol=0)
