@@ -35,8 +35,9 @@ class SparsityConfig:
     tokens: str = opt("all", "which tokens are sparsified: all, decode (single-token steps only; prefill dense) or the last "
                       "fraction of each sequence", choices=TOKEN_MODES)
     last_fraction: float = opt(0.5, "with tokens=last: TEAL's evaluation sparsifies the last half")
-    include: str = opt(r"\.\d+\.", "regex: linears inside a numbered block list (decoder layers); never lm_head or embeddings")
-    exclude: str = opt(r"(^|\.)(lm_head|embed\w*|router)$", "regex: never the output head, embeddings or MoE routers")
+    include: str = opt(r"\.\d+\.", "regex: linears inside a numbered block list (decoder layers); the output head "
+                       "too with '(\\.\\d+\\.|^lm_head$)' and lm_head dropped from --exclude")
+    exclude: str = opt(r"(^|\.)(lm_head|embed\w*|router)$", "regex: by default the output head, embeddings and MoE routers")
     overrides: dict[str, float] = opt(help="per-layer sparsity for modules whose name matches REGEX, first match wins "
                                       "(REGEX=S, repeatable)", factory=dict, flag="override", type="override")
     rule: str = opt("magnitude", "selection rule: magnitude (TEAL), wina, cats (MLP activations only), rsparse (low-rank "
