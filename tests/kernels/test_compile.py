@@ -282,3 +282,21 @@ def test_a_prepared_model_saves_each_weight_as_its_own_matrix(tmp_path):
         assert not shared or got[name + ".weight"].untyped_storage().nbytes() == m.weight.nbytes  # a copy of its own
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])  # tied and untied head
+def test_compiled_steps_with_the_head_sparsified_equal_eager_steps(arch):
+    torch._dynamo.reset()
+    model, _ = calibrated(arch, include=r"(\.\d+\.|^lm_head$)", exclude=r"(^|\.)(embed\w*|router)$")
+    with_random_alphas(model)
+    prepare_decode_(model)
+    ids = random_ids(1, 6, seed=3)
+    eager_tokens, eager_logits = _generate(model, ids)
+    compile_decode_(model)
+    _generate(model, ids)  # compiles
+    with torch.profiler.profile() as prof:
+        tokens, logits = _generate(model, ids)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert "spon::dense_gemv" not in calls and calls.get("spon::sparse_gemv", 0) >= 7  # the head: one sparse call a step
+    assert torch.equal(tokens, eager_tokens)
+    torch.testing.assert_close(logits, eager_logits, atol=1e-4, rtol=1e-4)
