@@ -35,9 +35,12 @@ class SparsityConfig:
     tokens: str = opt("all", "which tokens are sparsified: all, decode (single-token steps only; prefill dense) or the last "
                       "fraction of each sequence", choices=TOKEN_MODES)
     last_fraction: float = opt(0.5, "with tokens=last: TEAL's evaluation sparsifies the last half")
-    include: str = opt(r"\.\d+\.", "regex: linears inside a numbered block list (decoder layers); the output head "
-                       "too with '(\\.\\d+\\.|^lm_head$)' and lm_head dropped from --exclude")
-    exclude: str = opt(r"(^|\.)(lm_head|embed\w*|router)$", "regex: by default the output head, embeddings and MoE routers")
+    include: str = opt(r"\.\d+\.", "regex: linears inside a numbered block list (decoder layers); never lm_head or "
+                       "embeddings (the head: --sparsify-head)")
+    exclude: str = opt(r"(^|\.)(lm_head|embed\w*|router)$", "regex: never the output head (see --sparsify-head), embeddings or MoE routers")
+    sparsify_head: bool = opt(False, "also sparsify the output head (the model's get_output_embeddings, whatever its name) at "
+                              "the target: a fifth to a quarter of a small model's weight bytes, at an accuracy cost "
+                              "(docs/RESULTS.md, Decode speed)")
     overrides: dict[str, float] = opt(help="per-layer sparsity for modules whose name matches REGEX, first match wins "
                                       "(REGEX=S, repeatable)", factory=dict, flag="override", type="override")
     rule: str = opt("magnitude", "selection rule: magnitude (TEAL), wina, cats (MLP activations only), rsparse (low-rank "
@@ -54,6 +57,8 @@ class SparsityConfig:
             raise SponError(f"unknown selection {self.selection!r}; use one of {', '.join(SELECTIONS)}")
         if self.allocation not in ALLOCATIONS:
             raise SponError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+        if self.sparsify_head and self.rule == "cats":
+            raise SponError("CATS sparsifies only the MLP activation; drop --sparsify-head or use another rule")
         if self.allocation == "greedy" and self.rule == "cats":
             raise SponError("greedy allocation spreads sparsity over the linears of a block; CATS sparsifies only the MLP activation")
         if not 0 < self.rsparse_budget <= 1:

@@ -23,11 +23,19 @@ __all__ = [
 def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Module]:
     """The linear modules (`nn.Linear`, or GPT-2's `Conv1D`) that `config` selects, by qualified name (decoder-block linears by default)."""
     include, exclude = re.compile(config.include), re.compile(config.exclude)
-    return {
+    found = {
         name: mod
         for name, mod in model.named_modules()
         if is_linear(mod) and include.search(name) and not exclude.search(name)
     }
+    if config.sparsify_head:  # found by role, not by name: lm_head, embed_out, ...
+        get = getattr(model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        name = next((n for n, m in model.named_modules() if m is head and is_linear(m)), None) if head is not None else None
+        if name is None:
+            raise SponError("this model has no linear output head (get_output_embeddings) to sparsify; drop --sparsify-head")
+        found[name] = head
+    return found
 
 
 def sparse_modules(model: nn.Module) -> dict[str, SparseLinear]:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import spon
-from conftest import LINEARS_PER_BLOCK, calibrated, make_model, random_ids
+from conftest import LINEARS_PER_BLOCK, calibrated, make_model, random_ids, with_random_alphas
 from spon.sparse_linear import is_linear
 
 
@@ -127,3 +127,24 @@ def test_no_linears_is_a_clear_error():
 def test_sparsity_out_of_range(bad):
     with pytest.raises(spon.SponError, match=r"\[0, 1\)"):
         spon.SparsityConfig(sparsity=bad)
+
+
+def test_sparsify_head_adds_the_output_head_by_role_and_an_artifact_keeps_it(arch, tmp_path):
+    from spon.sparse_linear import SparseLinear
+
+    model, cfg = calibrated(arch, sparsify_head=True)
+    head = model.get_output_embeddings()
+    assert isinstance(head, SparseLinear) and float(head.threshold) > 0  # calibrated like the other layers
+    assert set(spon.sparse_modules(model)) == set(spon.target_linears(make_model(arch), spon.SparsityConfig())) | {"lm_head"}
+    with_random_alphas(model)
+    spon.save_artifact(model, tmp_path / "a", {"name": "tiny", "architecture": "test"})
+    fresh = make_model(arch)
+    spon.load_artifact(fresh, tmp_path / "a")
+    assert isinstance(fresh.get_output_embeddings(), SparseLinear)
+    ids = random_ids(2, 16)
+    assert torch.equal(fresh(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_sparsify_head_with_cats_is_a_one_line_error():
+    with pytest.raises(spon.SponError, match="drop --sparsify-head"):
+        spon.SparsityConfig(rule="cats", sparsify_head=True)

@@ -287,7 +287,7 @@ def test_a_prepared_model_saves_each_weight_as_its_own_matrix(tmp_path):
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])  # tied and untied head
 def test_compiled_steps_with_the_head_sparsified_equal_eager_steps(arch):
     torch._dynamo.reset()
-    model, _ = calibrated(arch, include=r"(\.\d+\.|^lm_head$)", exclude=r"(^|\.)(embed\w*|router)$")
+    model, _ = calibrated(arch, sparsify_head=True)
     with_random_alphas(model)
     prepare_decode_(model)
     ids = random_ids(1, 6, seed=3)

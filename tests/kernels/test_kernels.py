@@ -401,12 +401,9 @@ def test_byte_bound_counts_the_dense_head_in_full():
     assert byte_bound(model, 1.0) == pytest.approx((3072 + 18432) / 3072)
 
 
-HEAD_TOO = dict(include=r"(\.\d+\.|^lm_head$)", exclude=r"(^|\.)(embed\w*|router)$")
-
-
 @needs_cc
 def test_a_head_sparsified_on_request_keeps_its_tie_folds_exactly_and_decodes_like_masked_dense(arch):
-    """`--include`/`--exclude` can put the output head among the sparse layers: it reads the embeddings' weight (tied
+    """`--sparsify-head` puts the output head among the sparse layers: it reads the embeddings' weight (tied
     models), takes a SPON vector folded into a bias of vocabulary size, and serves single tokens through the sparse
     GEMV, not the dense `DecodeHead`."""
     from spon.bench.decode import byte_bound
@@ -415,7 +412,7 @@ def test_a_head_sparsified_on_request_keeps_its_tie_folds_exactly_and_decodes_li
     model = make_model(arch)
     head_weight = model.get_output_embeddings().weight
     tied = model.get_input_embeddings().weight is head_weight
-    cfg = spon.SparsityConfig(sparsity=0.5, **HEAD_TOO)
+    cfg = spon.SparsityConfig(sparsity=0.5, sparsify_head=True)
     mods = spon.sparsify_(model, cfg)
     assert "lm_head" in mods and isinstance(model.get_output_embeddings(), SparseLinear)
     assert model.get_output_embeddings().weight is head_weight
