@@ -172,7 +172,7 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", 
 
 
 def _retie_embeddings(model: nn.Module, relaid: list, before: dict) -> None:
-    """A head sparsified on request (`SparsityConfig.include`) whose weight the input embeddings shared (tied models)
+    """A head sparsified on request (`SparsityConfig.sparsify_head`) whose weight the input embeddings shared (tied models)
     has a new, input-major weight now: the embeddings read that one too (a strided view: one row per token), so the
     old copy is freed rather than kept for the lookup alone."""
     get = getattr(model, "get_input_embeddings", None)
