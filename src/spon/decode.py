@@ -20,7 +20,7 @@ from torch import nn
 
 from .decode_head import DecodeHead
 from .fold import fold_
-from .sparsify import _set_submodule, set_attr, sparse_modules
+from .sparsify import _set_submodule, output_head, set_attr, sparse_modules
 
 __all__ = [
     "prepare_decode_", "compile_decode_", "set_attention", "attention_of", "warm_guards", "masked_dense", "decode_backend", "decode_backends", "head_path", "head_on_huge_pages", "layers_on_huge_pages", "siblings", "SiblingCall", "DecodeState", "input_major",
@@ -149,7 +149,7 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", 
     if fold and any(m.unfolded_vectors for m in mods.values()):
         fold_(model)
     todo = [m for m in mods.values() if m.decode is None]
-    before = {id(m): m.weight for m in todo}
+    tied = _tied_to_embeddings(model, todo)
     for group, home in _homes(model, todo, huge_pages, fuse_siblings):
         if home is None:  # laid out on its own, as torch allocates (GPT-2's Conv1D stores [in, out] already)
             m = group[0]
@@ -166,21 +166,19 @@ def prepare_decode_(model: nn.Module, *, fold: bool = True, head: str = "auto", 
         for m in group:
             m.decode = DecodeState(spon_free=not m.unfolded_vectors)
             m.decode.siblings = call
-    _retie_embeddings(model, todo, before)
+    if tied is not None:  # the embeddings read the re-laid weight too (a strided view: one row per token), so the
+        tied[0].weight = tied[1].weight  # old copy is freed rather than kept for the lookup alone
     _swap_head(model, head, huge_pages)
     return model
 
 
-def _retie_embeddings(model: nn.Module, relaid: list, before: dict) -> None:
-    """A head sparsified on request (`SparsityConfig.sparsify_head`) whose weight the input embeddings shared (tied models)
-    has a new, input-major weight now: the embeddings read that one too (a strided view: one row per token), so the
-    old copy is freed rather than kept for the lookup alone."""
+def _tied_to_embeddings(model: nn.Module, layers: list) -> tuple[nn.Module, nn.Module] | None:
+    """(input embeddings, layer) when a layer about to be re-laid shares its weight with the input embeddings: a head
+    sparsified on request (`SparsityConfig.sparsify_head`) of a tied model; else None."""
     get = getattr(model, "get_input_embeddings", None)
     emb = get() if callable(get) else None
-    old = getattr(emb, "weight", None)
-    for m in relaid:
-        if old is not None and before[id(m)] is old and m.weight.shape == old.shape:
-            emb.weight = m.weight
+    weight = getattr(emb, "weight", None)
+    return next(((emb, m) for m in layers if weight is not None and m.weight is weight), None)
 
 
 def siblings(model: nn.Module, mods: list | None = None) -> list[list]:
@@ -241,15 +239,15 @@ def _homes(model: nn.Module, mods: list, huge_pages: bool, fuse: bool) -> list[t
 @torch.no_grad()
 def _swap_head(model: nn.Module, path: str, huge_pages: bool) -> None:
     """The output head (an exact nn.Linear: `get_output_embeddings`) becomes a `DecodeHead` on the same parameters."""
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if type(head) is not nn.Linear:
+    found = output_head(model)
+    if found is None or type(found[1]) is not nn.Linear:
         return
+    name, head = found
     if huge_pages:
         from .huge_pages import move_to_huge_pages_
 
         move_to_huge_pages_(head.weight)  # before the head's path is timed
-    _set_submodule(model, next(n for n, m in model.named_modules() if m is head), DecodeHead(head, path))
+    _set_submodule(model, name, DecodeHead(head, path))
 
 
 # Inductor options for every model `compile_decode_` compiles, dense or sparse (the same settings on both sides of a

@@ -16,7 +16,7 @@ from .sparse_activation import MLP_ACTIVATION, SparseActivation
 from .sparse_linear import SelectionRule, SparseLinear, is_linear
 
 __all__ = [
-    "sparsify_", "unsparsify_", "apply_rule", "decode_as_sparse_suffix", "set_attr", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
+    "sparsify_", "unsparsify_", "apply_rule", "output_head", "decode_as_sparse_suffix", "set_attr", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
 ]
 
 
@@ -29,13 +29,19 @@ def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Mod
         if is_linear(mod) and include.search(name) and not exclude.search(name)
     }
     if config.sparsify_head:  # found by role, not by name: lm_head, embed_out, ...
-        get = getattr(model, "get_output_embeddings", None)
-        head = get() if callable(get) else None
-        name = next((n for n, m in model.named_modules() if m is head and is_linear(m)), None) if head is not None else None
-        if name is None:
+        head = output_head(model)
+        if head is None or not is_linear(head[1]):
             raise SponError("this model has no linear output head (get_output_embeddings) to sparsify; drop --sparsify-head")
-        found[name] = head
+        found[head[0]] = head[1]
     return found
+
+
+def output_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The model's output head (`get_output_embeddings`, whatever its name) with its qualified name; None without one."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    name = next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
+    return None if name is None else (name, head)
 
 
 def sparse_modules(model: nn.Module) -> dict[str, SparseLinear]:
