@@ -6,7 +6,8 @@ For each block, from all-dense, repeatedly raise one projection's sparsity by a 
 move that least increases the block's relative output error on calibration activations; stop at the
 target average. Weights come from the module shapes (out x in), thresholds from the same streamed
 samples of the dense inputs as `calibrate_`. The result is written into the config as exact per-module
-overrides, so artifacts carry it.
+overrides, so artifacts carry it. A module the user's overrides name keeps its sparsity (pinned); the others of its
+block are allocated to the target around it (the output head with `sparsify_head` is a block of its own).
 """
 
 from __future__ import annotations
@@ -79,11 +80,15 @@ def greedy_allocate_(
         for h in handles:
             h.remove()
 
-    chosen: dict[str, float] = {}
+    pinned = {n: config.sparsity_for(n) for n in mods if any(re.search(p, n) for p in config.overrides)}
+    chosen: dict[str, float] = dict(pinned)
     for block, names in tqdm(groups.items(), desc="allocation: blocks", disable=not progress):
+        free = [n for n in names if n not in pinned]
+        if not free:
+            continue
         args, kwargs, ref = captured[block]
         sub = model.get_submodule(block)
-        size = {n: mods[n].out_features * mods[n].in_features for n in names}
+        size = {n: mods[n].out_features * mods[n].in_features for n in free}
         total = sum(size.values())
 
         def error(levels: dict[str, float]) -> float:
@@ -93,12 +98,12 @@ def greedy_allocate_(
             out = out[0] if isinstance(out, tuple) else out
             return float((out.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30))
 
-        levels, avg = {n: 0.0 for n in names}, 0.0
+        levels, avg = {n: pinned.get(n, 0.0) for n in names}, 0.0
         target = config.sparsity
         while avg < target - 1e-9:
             inc = min(step, target - avg)
             best = None
-            for n in names:
+            for n in free:
                 ds = inc * total / size[n]
                 if levels[n] + ds > MAX_LAYER_SPARSITY:
                     continue
@@ -109,7 +114,7 @@ def greedy_allocate_(
                 break  # every projection is at its limit
             levels[best[1]] += best[2]
             avg += inc
-        chosen.update(levels)
+        chosen.update({n: levels[n] for n in free})
     for n, m in mods.items():
         m.threshold.fill_(_tau(samples[n], chosen[n]))
     overrides = {f"^{re.escape(n)}$": round(min(s, MAX_LAYER_SPARSITY), 6) for n, s in chosen.items()}

@@ -46,7 +46,8 @@ class SparsityConfig:
     rule: str = opt("magnitude", "selection rule: magnitude (TEAL), wina, cats (MLP activations only), rsparse (low-rank "
                     "path for dropped inputs)", choices=RULES)
     selection: str = opt("threshold", "a calibrated threshold per layer, or exact per-token top-k", choices=SELECTIONS)
-    allocation: str = opt("uniform", "uniform, or TEAL's greedy per-block allocation (fills overrides per module)",
+    allocation: str = opt("uniform", "uniform, or TEAL's greedy per-block allocation (fills overrides per module; "
+                          "modules --override names keep their sparsity)",
                           choices=ALLOCATIONS)
     rsparse_budget: float = opt(0.1, "R-Sparse: low-rank factors as a fraction of each weight's size")
 

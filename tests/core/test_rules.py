@@ -102,3 +102,26 @@ def test_greedy_allocation_keeps_the_weighted_average_per_block(arch):
     assert abs(sp["weighted"] - 0.5) < 0.1
 
 
+def test_greedy_allocation_keeps_what_the_overrides_pin_and_the_head_is_a_block_of_its_own(arch):
+    import re
+
+    from spon.allocate import block_of, greedy_allocate_
+    from spon.sparsify import output_head
+
+    model = make_model(arch)
+    head = output_head(model)[0]
+    spon.sparsify_(model, spon.SparsityConfig(sparsity=0.5, sparsify_head=True))
+    mods = spon.sparse_modules(model)
+    first = next(n for n in mods if block_of(n))  # one decoder projection, pinned at 20%
+    pins = {f"^{re.escape(first)}$": 0.2, f"^{re.escape(head)}$": 0.3}
+    cfg = spon.SparsityConfig(sparsity=0.5, allocation="greedy", sparsify_head=True, overrides=pins)
+    new = greedy_allocate_(model, [random_ids(2, 32, seed=s) for s in range(3)], cfg, step=0.05, progress=False)
+    assert new.sparsity_for(first) == pytest.approx(0.2) and new.sparsity_for(head) == pytest.approx(0.3)
+    block = block_of(first)  # the block's other projections carry the target, weighted by size
+    others = [n for n in mods if block_of(n) == block and n != first]
+    size = {n: mods[n].out_features * mods[n].in_features for n in others}
+    avg = sum(new.sparsity_for(n) * size[n] for n in others) / sum(size.values())
+    assert avg == pytest.approx(0.5, abs=1e-3)
+    assert set(new.overrides) == {f"^{re.escape(n)}$" for n in mods}  # exact per-module entries, artifacts carry them
+
+
