@@ -80,7 +80,7 @@ def greedy_allocate_(
         for h in handles:
             h.remove()
 
-    pinned = {n: config.sparsity_for(n) for n in mods if any(re.search(p, n) for p in config.overrides)}
+    pinned = {n: v for n in mods if (v := config.override_for(n)) is not None}
     chosen: dict[str, float] = dict(pinned)
     for block, names in tqdm(groups.items(), desc="allocation: blocks", disable=not progress):
         free = [n for n in names if n not in pinned]

@@ -75,11 +75,16 @@ class SparsityConfig:
         _compile(self.include)
         _compile(self.exclude)
 
-    def sparsity_for(self, name: str) -> float:
+    def override_for(self, name: str) -> float | None:
+        """The sparsity the first matching override gives `name`, or None when no override names it."""
         for pattern, value in self.overrides.items():
             if re.search(pattern, name):
                 return value
-        return self.sparsity
+        return None
+
+    def sparsity_for(self, name: str) -> float:
+        value = self.override_for(name)
+        return self.sparsity if value is None else value
 
     def describe_tokens(self) -> str:
         if self.tokens == "last":
