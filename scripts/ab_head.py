@@ -4,7 +4,7 @@ model (A: the head dense, B: `--sparsify-head`), next to HF compiled dense and l
 each, 2 threads; compile time apart. Prints medians, the paired per-round ratios, the byte bounds, and writes JSON.
 
 argv: model dtype ARTIFACT_A ARTIFACT_B rounds out.json, e.g. `smollm2 float32 default/art head30/art 8 ab.json`."""
-import contextlib, copy, json, statistics, sys, time
+import contextlib, json, statistics, sys, time
 
 import torch
 
