@@ -1,4 +1,5 @@
-"""Every `spon.NAME` the README names exists: a function of the package or one of its modules."""
+"""Every `spon.NAME` the README (and docs/DECODING.md, its decode details) names exists: a function of the package or
+one of its modules."""
 
 import importlib
 import re
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import spon
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+DOCS = (README, ROOT / "docs" / "DECODING.md")
 
 
 def _resolve(dotted: str):
@@ -18,13 +21,14 @@ def _resolve(dotted: str):
 
 
 def test_every_name_the_readme_gives_exists():
-    names = set(re.findall(r"(?<![\w.])spon\.([A-Za-z_][\w.]*\w)", README.read_text()))
-    assert {"prepare_decode_", "compile_decode_", "warm_guards"} <= names  # the pattern finds the API the README shows
+    pattern = r"(?<![\w.])spon\.([A-Za-z_][\w.]*\w)"
+    assert {"prepare_decode_", "compile_decode_", "warm_guards"} <= set(re.findall(pattern, README.read_text()))
+    names = {n for doc in DOCS for n in re.findall(pattern, doc.read_text())}
     missing = []
     for name in sorted(names):
         try:
             _resolve(f"spon.{name}")
         except (AttributeError, ModuleNotFoundError):
             missing.append(name)
-    assert not missing, f"README names spon.{missing} but the package has no such name"
+    assert not missing, f"the docs name spon.{missing} but the package has no such name"
     assert spon.warm_guards is spon.decode.warm_guards
