@@ -212,6 +212,9 @@ def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path, monkeypatch)
     assert run["compiled_vs_eager"]["dense_compiled"]["identical"]  # HF's own model, compiled: the same greedy tokens
     assert run["compiled_vs_eager"]["sparse+SPON_compiled"]["identical"]
     assert run["speedup_vs_dense_compiled"]["dense_compiled"] == 1.0
+    paired = run["per_round"]["vs_dense_compiled"]  # one round here: its ratio is the rates' ratio
+    assert paired["dense_compiled"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    assert paired["sparse+SPON_compiled"]["median"] == pytest.approx(run["speedup_vs_dense_compiled"]["sparse+SPON_compiled"])
     assert run["guards"].startswith("differentiating") and all(run["same_tokens_every_round"].values())
     assert run["head"] == "kernel" and len(timed) == 1
     assert run["attention"] == {"eager": "sdpa", "compiled": "eager"}  # compile_decode_'s CPU choice, dense and ours alike

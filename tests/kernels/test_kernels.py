@@ -401,6 +401,18 @@ def test_byte_bound_counts_the_dense_head_in_full():
     assert byte_bound(model, 1.0) == pytest.approx((3072 + 18432) / 3072)
 
 
+def test_round_ratios_pair_each_round_with_the_reference_of_that_round():
+    """A row 2x the reference in every round has ratio 2 whatever the drift between rounds; medians of the rates
+    would say otherwise when the drift is uneven."""
+    from spon.bench.decode import round_ratios
+
+    seconds = {"ref": [1.0, 3.0, 2.0], "fast": [0.5, 1.5, 1.0], "mixed": [1.0, 1.0, 4.0]}
+    r = round_ratios(seconds, "ref")
+    assert r["ref"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    assert r["fast"] == {"median": 2.0, "min": 2.0, "max": 2.0}
+    assert r["mixed"] == {"median": 1.0, "min": 0.5, "max": 3.0}
+
+
 @needs_cc
 def test_a_head_sparsified_on_request_keeps_its_tie_folds_exactly_and_decodes_like_masked_dense(arch):
     """`--sparsify-head` puts the output head among the sparse layers: it reads the embeddings' weight (tied

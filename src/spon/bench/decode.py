@@ -13,6 +13,8 @@ the rate, first round discarded as warm-up. Variants:
 - every row but llama.cpp's runs the same loop, `greedy.greedy_generate` (one forward per token; Hugging Face's
   `generate` costs ~4% of a compiled SmolLM2 bf16 step around the forward, so it would handicap whichever row used it);
 - llama_cpp: llama.cpp dense on the same weights at the same precision (`bench.llama_cpp`), where installed.
+Rates are medians over rounds; `per_round` pairs each row with a baseline round by round (median, min, max of the
+ratios), which is what to quote for a speed-up.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..huge_pages import huge_page_bytes
 from ..sparsify import measure_sparsity, sparse_modules, without_spon
 from .output import write_json
 
-__all__ = ["greedy_decode", "bench_decode", "byte_bound", "VARIANTS", "DecodeBench", "run_decode_bench"]
+__all__ = ["greedy_decode", "bench_decode", "byte_bound", "round_ratios", "VARIANTS", "DecodeBench", "run_decode_bench"]
 
 VARIANTS = ("dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense")
 
@@ -58,6 +60,16 @@ def byte_bound(model: nn.Module, skipped: float) -> float:
 
 
 @torch.no_grad()
+def round_ratios(seconds: dict[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
+    """Each row's speed over `reference`'s, round by round (the rows of one round ran back to back, so the pairing
+    cancels load that drifts between rounds): median, min and max of reference_seconds / row_seconds."""
+    out = {}
+    for name, secs in seconds.items():
+        r = sorted(ref / s for ref, s in zip(seconds[reference], secs))
+        out[name] = {"median": statistics.median(r), "min": r[0], "max": r[-1]}
+    return out
+
+
 def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
     """Exactly `new_tokens` greedy tokens after `prompt` [1, T] (no early stop at end-of-text) through
     `greedy.greedy_generate`, the one loop every row but llama.cpp's runs (eager or compiled, dense or ours: one forward
@@ -164,6 +176,8 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         **({"speedup_vs_llama_cpp": {k: v / rate["llama_cpp"] for k, v in rate.items()},
             "llama_cpp_vs_dense": same("llama_cpp", "dense")} if llama is not None else {}),
         **({"speedup_vs_dense_compiled": {k: v / rate["dense_compiled"] for k, v in rate.items()}} if compiled is not None else {}),
+        "per_round": {f"vs_{ref}": round_ratios(seconds, ref) for ref in ("dense", "dense_compiled", "llama_cpp")
+                      if ref in seconds},
         "spon_cost": rate["sparse"] / rate["sparse+SPON"] - 1.0,
         "sparsity_measured": measured,
         "byte_bound": {k: byte_bound(sparse_model, v) for k, v in measured.items()},
