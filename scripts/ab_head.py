@@ -9,7 +9,7 @@ import contextlib, json, statistics, sys, time
 import torch
 
 from spon.atomic import atomic_file
-from spon.bench.decode import byte_bound, greedy_decode
+from spon.bench.decode import byte_bound, greedy_decode, round_ratios
 from spon.bench.llama_cpp import open_llama_cpp
 from spon.decode import compile_decode_, prepare_decode_, warm_guards
 from spon.jobs import open_model
@@ -42,7 +42,7 @@ for name, fn in runners.items():  # warm-up round: compiles
     t0 = time.perf_counter()
     tokens[name] = fn()[0]
     compile_s[name] = round(time.perf_counter() - t0, 1)
-rates = {k: [] for k in runners}
+seconds = {k: [] for k in runners}
 same = {k: True for k in runners}
 for r in range(rounds):
     for name in (list(runners) if r % 2 == 0 else reversed(list(runners))):
@@ -50,15 +50,15 @@ for r in range(rounds):
         with guards:
             toks, _, dt = runners[name]()
         same[name] &= toks == tokens[name]
-        rates[name].append(63 / dt)
+        seconds[name].append(dt)
+rates = {k: [63 / dt for dt in v] for k, v in seconds.items()}
 med = {k: statistics.median(v) for k, v in rates.items()}
 for k, v in rates.items():
     print(f"{model} {dtype} {k}: median {med[k]:.2f} tok/s, all {' '.join(f'{x:.1f}' for x in v)}, compile {compile_s[k]} s")
 
 
-def paired(a, b):
-    r = sorted(y / x for x, y in zip(rates[a], rates[b]))
-    return {"median": statistics.median(r), "min": r[0], "max": r[-1]}
+def paired(a, b):  # b's speed over a's, round by round
+    return round_ratios(seconds, a)[b]
 
 
 pairs = {"B/A": paired("A head dense", "B head sparse"),
