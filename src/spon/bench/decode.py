@@ -59,7 +59,6 @@ def byte_bound(model: nn.Module, skipped: float) -> float:
     return (dense + sparse) / (dense + sparse * (1.0 - skipped))
 
 
-@torch.no_grad()
 def round_ratios(seconds: dict[str, list[float]], reference: str) -> dict[str, dict[str, float]]:
     """Each row's speed over `reference`'s, round by round (the rows of one round ran back to back, so the pairing
     cancels load that drifts between rounds): median, min and max of reference_seconds / row_seconds."""
@@ -70,6 +69,7 @@ def round_ratios(seconds: dict[str, list[float]], reference: str) -> dict[str, d
     return out
 
 
+@torch.no_grad()
 def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
     """Exactly `new_tokens` greedy tokens after `prompt` [1, T] (no early stop at end-of-text) through
     `greedy.greedy_generate`, the one loop every row but llama.cpp's runs (eager or compiled, dense or ours: one forward
