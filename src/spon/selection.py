@@ -87,6 +87,9 @@ def sparsified_positions(seq_len: int, tokens: str, last_fraction: float) -> sli
 
     "all": every position. "decode": only single-token forwards (generation steps after prefill).
     "last": positions from round(T * (1 - last_fraction)) on; a single-token forward is always a decode step.
+    The slice's start and stop are always given, within [0, seq_len], so callers read them directly: `slice.indices`
+    is a builtin that torch.compile cannot trace in torch 2.11 (a graph break, an error under fullgraph; seen on a GPU
+    machine, 2026-12-04), though 2.13 traces it.
     """
     if tokens == "all" or seq_len == 1:
         return slice(0, seq_len)
@@ -104,7 +107,7 @@ def apply_to_positions(x: torch.Tensor, positions: slice, mask_fn) -> tuple[torc
         mask = mask_fn(x)
         return x * mask.to(x.dtype), mask
     T = x.shape[-2]
-    start, stop, _ = positions.indices(T)
+    start, stop = positions.start, positions.stop  # `sparsified_positions(T, ...)`: both given, within [0, T]
     if start >= stop:
         return x, None
     if start == 0 and stop == T:

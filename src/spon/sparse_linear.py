@@ -174,7 +174,8 @@ class SparseLinear(FrozenConstants, CountsZeros, nn.Module):
                 if y is not None:
                     return y
         T = x.shape[-2] if x.dim() >= 2 else 1
-        start, stop, _ = sparsified_positions(T, self.tokens, self.last_fraction).indices(T)
+        positions = sparsified_positions(T, self.tokens, self.last_fraction)
+        start, stop = positions.start, positions.stop
         if start == 0 and stop == T:
             return self._sparse(x)
         if start >= stop:  # no token of this input is sparsified
