@@ -83,3 +83,18 @@ def test_decode_mode_training_lowers_decode_step_kl():
     result = spon.train_spon_(model, stream, stream[:256], cfg, progress=False)
     assert result.kept == "trained" and result.val_kl_best < 0.9 * result.val_kl_start
     assert _decode_kl(model, dense_model, ids, 32) < 0.9 * before
+
+
+def test_forward_code_calls_no_slice_indices():
+    """torch 2.11's dynamo cannot trace the builtin `slice.indices` (an error under fullgraph; seen on a GPU machine,
+    2026-12-04) while the 2.13 the tests run traces it, so no compiled test here would notice its return: the code
+    that runs inside a compiled forward reads a slice's start and stop instead."""
+    import ast
+    import inspect
+
+    from spon import selection, sparse_activation, sparse_linear
+
+    for module in (selection, sparse_activation, sparse_linear):
+        calls = [n for n in ast.walk(ast.parse(inspect.getsource(module)))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "indices"]
+        assert not calls, f"{module.__name__} line {calls[0].lineno} calls .indices()"
