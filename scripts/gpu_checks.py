@@ -6,10 +6,14 @@
 2. The Triton sparse GEMV against cuBLAS (F.linear) on a 4096x14336 bf16 layer (Llama-3-8B's MLP) and its
    transpose, at 0/50/70/90% sparsity: correctness against the float64 reference, median time over CUDA events,
    the speed-up and the GB/s of weights read.
-3. `spon bench decode` in bf16 on the GPU, eager first (decode-eager.json), then with `--compile` (decode.json): HF
-   eager and compiled dense, our path at 0%, sparse and sparse + folded SPON (compile time apart).
+3. `spon bench decode` in bf16 on the GPU, with `--compile` first (compiled/decode.json: HF eager and compiled dense,
+   our path at 0%, sparse and sparse + folded SPON, compile time apart), then eager alone (eager/decode.json).
 
-    python scripts/gpu_checks.py --out gpu-results      # writes gemv_gpu.json, decode-eager.json, decode.json, decode.png
+    python scripts/gpu_checks.py --out gpu-results      # gemv_gpu.json, compiled/ and eager/ decode.json + decode.png
+
+Time it needs on an H200 (2026-12-04, torch 2.11): the kernel checks ~1 minute; the compiled decode of SmolLM2's shapes
+over 5 minutes (the warm-up round with its compiles 212 s, then the rounds and an untimed sparsity count); the eager
+decode ~2 minutes. Give a compiled run 420 s.
 
 A machine that cannot reach a model hub or hold the model's weights can time a model of the same shapes with random
 weights: `--shapes DIR` (a folder with the model's config.json and tokenizer, no weights) builds one. Speed depends
@@ -187,7 +191,7 @@ def main() -> int:
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-kernel", action="store_true", help="no correctness or GEMV timing (decode only)")
     ap.add_argument("--sweep", action="store_true", help="also time the Triton kernel's block sizes (kernel_sweep.json)")
-    ap.add_argument("--decode", default="eager,compiled", help="which decode benches: eager, compiled or both")
+    ap.add_argument("--decode", default="compiled,eager", help="which decode benches, in order: compiled, eager or both")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("gpu_checks: no CUDA device here; run this on a GPU machine", file=sys.stderr)
