@@ -68,6 +68,12 @@ def time_graph(fn, calls: int = 10, repeats: int = 20) -> float:
     return time_cuda(graph.replay, repeats) / calls
 
 
+def gaussian_case(x: torch.Tensor, wt: torch.Tensor, s: float) -> tuple[float, torch.Tensor]:
+    """The threshold that drops a fraction s of standard-normal inputs (-1: none) and the float64 reference output."""
+    tau = -1.0 if s == 0 else math.sqrt(2.0) * torch.erfinv(torch.tensor(s)).item()
+    return tau, (x.double() * (x.abs() > tau).double()) @ wt.double()
+
+
 def kernel_sweep() -> list[dict]:
     """The Triton kernel's block sizes and warps on the two 4096x14336 bf16 shapes at 0/50/90% sparsity, GPU time
     alone (CUDA graph replay), against cuBLAS timed the same way."""
@@ -83,9 +89,7 @@ def kernel_sweep() -> list[dict]:
         x = torch.randn(n_in, device="cuda", generator=g).to(torch.bfloat16)
         cublas = time_graph(lambda: F.linear(x.view(1, -1), w))
         for s in (0.0, 0.5, 0.9):
-            tau = -1.0 if s == 0 else math.sqrt(2.0) * torch.erfinv(torch.tensor(s)).item()
-            keep = (x.abs() > tau).double()
-            want = (x.double() * keep) @ wt.double()
+            tau, want = gaussian_case(x, wt, s)
             for bn, bk, kc, nw in configs:
                 def call():
                     return triton_gemv(x, wt, None, tau, block_n=bn, block_k=bk, k_chunk=kc, num_warps=nw)
@@ -146,9 +150,8 @@ def gemv_checks() -> list[dict]:
         x = torch.randn(n_in, device="cuda", generator=g).to(torch.bfloat16)
         dense = time_cuda(lambda: F.linear(x.view(1, -1), w))
         for s in (0.0, 0.5, 0.7, 0.9):
-            tau = -1.0 if s == 0 else math.sqrt(2.0) * torch.erfinv(torch.tensor(s)).item()
+            tau, want = gaussian_case(x, wt, s)
             keep = (x.abs() > tau).double()
-            want = (x.double() * keep) @ wt.double()
             got = triton_gemv(x, wt, None, tau)
             err = float((got.double() - want).abs().max() / want.abs().max())
             t = time_cuda(lambda: triton_gemv(x, wt, None, tau))
