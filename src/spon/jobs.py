@@ -20,7 +20,8 @@ from .evaluate import EvalProtocol, bos_token_id, evaluate_variants, window_scor
 from .fold import fold_
 from .greedy import greedy_generate
 from .models import LoadedModel, load_model
-from .sparsify import sparse_modules, sparsify_
+from .nudge import rounding_floor
+from .sparsify import dense, sparse_modules, sparsify_
 from .train import train_spon_
 
 __all__ = ["open_model", "calibrate_model", "train_model", "evaluate_model", "export_model", "generate_text"]
@@ -91,9 +92,11 @@ def train_model(
     return {"config": config.to_dict(), "result": result.to_dict(), "data": splits.source, "seconds": round(time.time() - t0, 1)}
 
 
-def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProtocol, *, progress: bool = True) -> dict:
+def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProtocol, *, progress: bool = True,
+                   nudges: int = 0) -> dict:
     """Perplexity of dense, sparse and sparse+SPON on `text` (each with its 95% interval); a model that is not sparsified
-    gets its dense perplexity alone. source: what the text is (recorded as "data")."""
+    gets its dense perplexity alone. source: what the text is (recorded as "data"). nudges: also score the sparse model
+    that many times with every threshold nudged by a rounding-sized amount (`nudge.rounding_floor`, "rounding_floor")."""
     ids = tokenize(lm.tokenizer, text)
     bos = bos_token_id(lm.tokenizer)
     if not sparse_modules(lm.model):
@@ -102,7 +105,13 @@ def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProto
                "windows": int(w.counts.numel()), "ci95": paired_bootstrap({"dense": w.nll}, w.counts),
                "per_window": {"tokens": w.counts.tolist(), "nll": {"dense": w.nll.tolist()}}}
     else:
-        out = evaluate_variants(lm.model, ids, protocol, bos, progress=progress)
+        with dense(lm.model):
+            d = window_scores(lm.model, ids, protocol, bos, progress=progress, desc="dense")
+        out = evaluate_variants(lm.model, ids, protocol, bos, progress=progress, dense_scores=d)
+        if nudges:
+            out["rounding_floor"] = rounding_floor(
+                lambda: evaluate_variants(lm.model, ids, protocol, bos, progress=False, dense_scores=d), lm.model, out,
+                nudges, progress=progress)
     out["data"] = source
     return out
 

@@ -180,3 +180,21 @@ def test_eval_scores_a_whole_file_and_the_dense_model_without_an_artifact(capsys
     assert lo <= res["ppl_dense"] <= hi
     code, out, _ = run(capsys, "eval", "--model", model_folder, "--data", text, "--split", "evaluation", "--json", "--quiet", *EVAL)
     assert code == 0 and json.loads(out)["tokens"] < words // 3 and json.loads(out)["data"]["split"] == "evaluation"
+
+
+def test_eval_nudges_reports_the_rounding_floor_and_refuses_what_it_cannot_nudge(capsys, model_folder, big_text, tmp_path):
+    cal = tmp_path / "cal"
+    assert run(capsys, "calibrate", "--model", model_folder, "--data", big_text, "--out", cal, "--quiet", "--calib-tokens", "512")[0] == 0
+    code, out, _ = run(capsys, "eval", "--model", model_folder, "--data", big_text, "--artifact", cal, "--nudges", "2", "--json",
+                       "--quiet", *EVAL)
+    res = json.loads(out)
+    floor = res["rounding_floor"]
+    assert code == 0 and floor["nudges"] == 2 and len(floor["draws"]) == 2 and floor["eps"] == 1e-6
+    assert floor["ppl_sparse"]["min"] <= res["ppl_sparse"] <= floor["ppl_sparse"]["max"]
+    assert "gap_recovered" not in floor  # thresholds only: no vectors, nothing recovered
+    code, text, _ = run(capsys, "eval", "--model", model_folder, "--data", big_text, "--artifact", cal, "--nudges", "1", "--quiet", *EVAL)
+    assert code == 0 and "rounding floor (every threshold nudged by 1e-06 of its value; the unnudged score and 1 nudged)" in text
+    code, _, err = run(capsys, "eval", "--model", model_folder, "--data", big_text, "--nudges", "2", *EVAL)
+    assert code == 2 and "pass --artifact" in one_line_error(err)
+    code, _, err = run(capsys, "eval", "--model", model_folder, "--data", big_text, "--artifact", cal, "--nudges", "-1", *EVAL)
+    assert code == 2 and "0 or more" in one_line_error(err)

@@ -161,7 +161,7 @@ def test_report_gathers_eval_sweep_and_diagnose(capsys, model_folder, tmp_path):
     art = sweep / "s0.60" / "artifact"
     ev = tmp_path / "ev"
     assert main(["eval", "--model", str(model_folder), "--data", str(text), "--artifact", str(art), "--ctx-len", "32",
-                 "--out", str(ev), "--quiet"]) == 0
+                 "--out", str(ev), "--quiet", "--nudges", "1"]) == 0
     diag = tmp_path / "diag"
     assert main(["diagnose", "--model", str(model_folder), "--data", str(text), "--artifact", str(art), "--seq-len", "32",
                  "--out", str(diag), "--quiet"]) == 0
@@ -172,6 +172,7 @@ def test_report_gathers_eval_sweep_and_diagnose(capsys, model_folder, tmp_path):
         assert heading in md
     assert "![perplexity](sweep-perplexity.png)" in md and (out / "diag-drift.png").is_file()
     assert md.count("Machine: ") == 3 and "tokens sparsified: all tokens" in md
+    assert "rounding floor (every threshold nudged by 1e-06 of its value; the unnudged score and 1 nudged): sparse " in md
     capsys.readouterr()
     assert main(["report", str(tmp_path / "t.txt")]) == 2
     assert "is not a folder" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from ..atomic import ensure_writable_dir, write_text
 from ..config import SparsityConfig, TrainConfig, opt
 from ..data import PARTS, load_eval_text, load_splits
 from ..errors import SponError
+from ..nudge import describe_floor
 from ..evaluate import PRESETS, EvalProtocol
 from ..machine import machine
 from ..sparsify import dense
@@ -99,6 +100,9 @@ class EvalJob(ModelArgs):
     tasks: str | None = opt(None, "lm-evaluation-harness tasks instead of perplexity, e.g. arc_easy,hellaswag", type="str")
     include_path: str | None = opt(None, "folder of local lm-eval task configs (works offline)", type="str")
     limit: int | None = opt(None, "lm-eval: items per task", type="int")
+    nudges: int = opt(0, "also score the sparse model N more times with every threshold nudged by 1e-6 of its value "
+                         "(the size two CPUs' calibrations differ by) and report the spread: the rounding floor",
+                      type="int")
     json: bool = opt(False, "print one JSON object")
     out: str | None = opt(None, "also write eval.json into this folder (for `spon report`)", type="str")
 
@@ -120,7 +124,10 @@ def describe_metrics(res: dict) -> str:
         if res.get("sparsity_measured_spon") is not None:
             sparsity += f" ({res['sparsity_measured_spon']:.1%} with SPON)"
         what = [sparsity, *what, res["tokens_sparsified"]]
-    return "  ".join(parts) + f"  ({', '.join(what)}; 95% intervals: paired bootstrap over windows)"
+    line = "  ".join(parts) + f"  ({', '.join(what)}; 95% intervals: paired bootstrap over windows)"
+    if res.get("rounding_floor"):
+        line += "\n" + describe_floor(res["rounding_floor"])
+    return line
 
 
 def evaluate(cfg: EvalJob, progress: bool = True) -> str:
@@ -132,6 +139,10 @@ def evaluate(cfg: EvalJob, progress: bool = True) -> str:
                                 batch_size=protocol.batch_size)
     out = ensure_writable_dir(cfg.out) if cfg.out else None
     tasks = [t.strip() for t in cfg.tasks.split(",") if t.strip()] if cfg.tasks else None
+    if cfg.nudges < 0:
+        raise SponError(f"--nudges {cfg.nudges}: give a count of 0 or more (e.g. --nudges 4)")
+    if cfg.nudges and tasks is not None:
+        raise SponError("--nudges measures perplexity's rounding floor: drop --tasks, or drop --nudges")
     if tasks is not None:
         from .harness import harness
 
@@ -149,7 +160,10 @@ def evaluate(cfg: EvalJob, progress: bool = True) -> str:
         res.update(model=lm.identity, tokens_sparsified=lm.model.spon_config.describe_tokens(), machine=machine())
         shown = render_tasks(res)
     else:
-        res = evaluate_model(lm, text, source, protocol, progress=progress)
+        if cfg.nudges and meta is None:
+            raise SponError("--nudges moves the sparse model's thresholds: pass --artifact (from `spon calibrate`/`spon train`) "
+                            "or an exported model folder")
+        res = evaluate_model(lm, text, source, protocol, progress=progress, nudges=cfg.nudges)
         res.update(model=lm.identity, preset=cfg.preset, machine=machine())
         shown = describe_metrics(res)
     if out:

@@ -15,6 +15,7 @@ from ..config import opt
 from ..atomic import ensure_writable_dir, write_text
 from ..errors import SponError
 from ..machine import describe_machine
+from ..nudge import describe_floor
 from .compare import render_compare
 from .harness import render_tasks
 from .sweep import render_sweep
@@ -49,7 +50,8 @@ def _eval(r: dict) -> list[str]:
         return [f"Model {r['model']['name']}; lm-evaluation-harness; tokens sparsified: {r['tokens_sparsified']}.", "",
                 *render_tasks(r).splitlines()]
     return [f"Model {r['model']['name']}; data {_scored(r)}{', preset ' + r['preset'] if r.get('preset') else ''}; "
-            f"tokens sparsified: {r.get('tokens_sparsified', 'none (dense model)')}.", "", *_metrics_row(r)]
+            f"tokens sparsified: {r.get('tokens_sparsified', 'none (dense model)')}.", "", *_metrics_row(r),
+            *(["", describe_floor(r["rounding_floor"]) + "."] if r.get("rounding_floor") else [])]
 
 
 def _sweep(r: dict) -> list[str]:
