@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 
 import torch
@@ -139,6 +140,13 @@ def gap_recovered(ppl_dense: float, ppl_sparse: float, ppl_spon: float) -> float
     """(ppl_sparse - ppl_spon) / (ppl_sparse - ppl_dense): 1 is all of the sparsity gap recovered, 0 none."""
     gap = ppl_sparse - ppl_dense
     return (ppl_sparse - ppl_spon) / gap if gap > 0 else float("nan")
+
+
+def spread(values: list[float]) -> dict | None:
+    """Mean, sample standard deviation, min and max of a figure over repeats (seeds, threshold nudges), over its
+    finite values (a gap recovered with no gap to recover is NaN); None with fewer than two."""
+    v = [x for x in values if math.isfinite(x)]
+    return {"mean": statistics.fmean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v)} if len(v) > 1 else None
 
 
 def evaluate_variants(

@@ -10,13 +10,13 @@ layer feels: on SmolLM2 at 50%, nudges of 1e-6 moved the gap recovered by up to 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .evaluate import spread
 from .sparsify import sparse_activations, sparse_modules
 
 __all__ = ["nudged_thresholds", "rounding_floor", "describe_floor", "NUDGE_EPS"]
@@ -46,17 +46,11 @@ def nudged_thresholds(model: nn.Module, eps: float, generator: torch.Generator) 
                 m.threshold.copy_(t)
 
 
-def _spread(values: list[float]) -> dict:
-    """min, max and sample sd (NaN where a value is: a gap recovered with no gap to recover)."""
-    n, mean = len(values), sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"min": min(values), "max": max(values), "sd": sd}
-
-
 def rounding_floor(score, model: nn.Module, base: dict, nudges: int, *, eps: float = NUDGE_EPS, seed: int = 0,
                    progress: bool = True) -> dict:
     """Score the model `nudges` more times with nudged thresholds; the spread of each figure over those draws and the
-    unnudged one (`base`, what `score()` returned without a nudge).
+    unnudged one (`base`, what `score()` returned without a nudge; `evaluate.spread`, None with fewer than two finite
+    values).
 
     score: a callable with no arguments returning a dict with ppl_sparse and, where the model has vectors, ppl_spon
     and gap_recovered (`evaluate_variants` on fixed windows). Draw d uses generator seed `seed` + d.
@@ -68,13 +62,13 @@ def rounding_floor(score, model: nn.Module, base: dict, nudges: int, *, eps: flo
             res = score()
         draws.append({k: res[k] for k in keys})
     return {"eps": eps, "nudges": nudges, "seed": seed, "draws": draws,
-            **{k: _spread([base[k], *(d[k] for d in draws)]) for k in keys}}
+            **{k: spread([base[k], *(d[k] for d in draws)]) for k in keys}}
 
 
 def describe_floor(floor: dict) -> str:
     """One line: the range of each figure over the unnudged score and the nudged draws."""
     spans = [f"{name} {floor[key]['min']:{spec}}-{floor[key]['max']:{spec}}" for key, name, spec in
              (("ppl_sparse", "sparse", ".3f"), ("ppl_spon", "sparse+SPON", ".3f"), ("gap_recovered", "gap recovered", ".1%"))
-             if key in floor]
+             if floor.get(key)]
     return (f"rounding floor (every threshold nudged by {floor['eps']:g} of its value; the unnudged score and "
             f"{floor['nudges']} nudged): " + ", ".join(spans))

@@ -36,7 +36,7 @@ def test_rounding_floor_spans_the_draws_and_is_zero_without_a_nudge():
 
     base = score()
     still = rounding_floor(score, model, base, 2, eps=0.0, progress=False)
-    assert still["gap_recovered"]["sd"] == 0.0 and still["ppl_spon"]["min"] == still["ppl_spon"]["max"] == base["ppl_spon"]
+    assert still["gap_recovered"]["std"] == 0.0 and still["ppl_spon"]["min"] == still["ppl_spon"]["max"] == base["ppl_spon"]
     moved = rounding_floor(score, model, base, 3, eps=0.05, progress=False)
     assert len(moved["draws"]) == 3 and moved["ppl_sparse"]["max"] > moved["ppl_sparse"]["min"]
     for key in ("ppl_sparse", "ppl_spon", "gap_recovered"):

@@ -13,9 +13,9 @@ from ..atomic import ensure_writable_dir, write_text
 from ..config import SparsityConfig, TrainConfig, opt
 from ..data import PARTS, load_eval_text, load_splits
 from ..errors import SponError
-from ..nudge import describe_floor
 from ..evaluate import PRESETS, EvalProtocol
 from ..machine import machine
+from ..nudge import describe_floor
 from ..sparsify import dense
 from ..jobs import calibrate_model, evaluate_model, export_model, generate_text, open_model, train_model
 from ..models import ModelArgs

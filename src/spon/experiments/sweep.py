@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ..artifact import save_artifact
 from ..atomic import ensure_writable_dir, write_text
 from ..config import SparsityConfig, opt
 from ..errors import SponError
+from ..evaluate import spread
 from ..machine import describe_machine
 from ..sparsify import sparse_modules
 from .plots import plot_sweep
@@ -95,17 +95,14 @@ def seed_spread(rows: list[dict]) -> dict:
     """Per sparsity with more than one seed: the seeds, and mean, standard deviation, min and max of the sparse+SPON
     perplexity and of the gap recovered (over the seeds where there is a gap) across them."""
 
-    def stats(v):
-        return {"mean": statistics.fmean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v)} if len(v) > 1 else None
-
     out = {}
     for s in sorted({r["sparsity"] for r in rows}):
         mine = [r for r in rows if r["sparsity"] == s and r.get("ppl_spon")]
         if len(mine) < 2:
             continue
         gaps = [r["gap_recovered"] for r in mine if r.get("gap_recovered") is not None and math.isfinite(r["gap_recovered"])]
-        out[f"{s:.2f}"] = {"seeds": [r["seed"] for r in mine], "ppl_spon": stats([r["ppl_spon"] for r in mine]),
-                           "gap_recovered": stats(gaps)}
+        out[f"{s:.2f}"] = {"seeds": [r["seed"] for r in mine], "ppl_spon": spread([r["ppl_spon"] for r in mine]),
+                           "gap_recovered": spread(gaps)}
     return out
 
 
