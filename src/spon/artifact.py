@@ -147,22 +147,23 @@ def _check_fits(meta: dict, model: nn.Module, config: SparsityConfig, path: Path
     want = meta["modules"]
     base = meta.get("base_model", {})
     made_for = f"{base.get('name', '?')} ({base.get('architecture', '?')})"
+    fix = f"; load the model it was made for (--model {base['name']})" if base.get("name") else ""
     for name, shape in want.items():
         if name not in have:
             raise SponError(
                 f"artifact {path} does not fit this model: it was made for {made_for} and has module {name}, "
-                f"which this model lacks; use the artifact made for this model"
+                f"which this model lacks; use the artifact made for this model{fix}"
             )
         if list(have[name]) != list(shape):
             raise SponError(
                 f"artifact {path} does not fit this model: module {name} is {shape[0]}x{shape[1]} (out x in) in the "
-                f"artifact (made for {made_for}) but {have[name][0]}x{have[name][1]} in this model"
+                f"artifact (made for {made_for}) but {have[name][0]}x{have[name][1]} in this model{fix}"
             )
     extra = [n for n in have if n not in want]
     if extra:
         raise SponError(
             f"artifact {path} does not fit this model: the model has {len(extra)} sparsifiable linears the artifact "
-            f"lacks (first: {extra[0]}); it was made for {made_for}"
+            f"lacks (first: {extra[0]}); it was made for {made_for}{fix}"
         )
     if not check_weights:
         return

@@ -120,6 +120,7 @@ def test_artifact_for_another_model(capsys, model_folder, big_text, tmp_path):
     assert run(capsys, "calibrate", "--model", model_folder, "--data", big_text, "--out", art, "--quiet", "--calib-tokens", "512")[0] == 0
     code, _, err = run(capsys, "eval", "--model", wide, "--data", big_text, "--artifact", art, *EVAL)
     assert code == 2 and "does not fit this model" in one_line_error(err) and "q_proj" in err
+    assert f"(--model {model_folder})" in err  # names the fix: the model the artifact was made for
     twin = tmp_path / "twin"  # same architecture and shapes, other weights
     make_model("llama", seed=1).save_pretrained(twin)
     make_tokenizer().save_pretrained(twin)
