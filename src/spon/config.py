@@ -117,6 +117,9 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "max global gradient norm of the vectors")
     average: float = opt(0.0, "0: validate and keep the optimiser's vectors; d in (0, 1): an exponential moving average of "
                          "them with decay d (from step 1) is validated and kept instead, against step-to-step noise")
+    threshold_jitter: float = opt(0.0, "0: train at the calibrated thresholds; s > 0: each step's forward runs with every "
+                                  "threshold times exp(s z), z ~ N(0, 1) per layer (validation at the calibrated ones): vectors "
+                                  "trained for nearby masks, not the one (a trial against the rounding floor; docs/RESULTS.md)")
     eval_every: int = opt(10, "validation scores every this many steps (and at steps 0 and last)")
     select: str = opt("kl", "the validation score that picks the kept step: kl (to the dense model) or nll (next-token loss "
                       "on the validation text); both are recorded either way", choices=SELECTS)
@@ -138,6 +141,8 @@ class TrainConfig:
             raise SponError(f"unknown select {self.select!r}; use one of {', '.join(SELECTS)}")
         if not 0.0 <= self.average < 1.0:
             raise SponError(f"average must be in [0, 1) (0 turns it off, e.g. 0.9), got {self.average}")
+        if not self.threshold_jitter >= 0.0:
+            raise SponError(f"threshold_jitter must be 0 (off) or positive (e.g. 0.01), got {self.threshold_jitter}")
         if not self.lr > 0:
             raise SponError(f"learning rate must be positive, got {self.lr}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):

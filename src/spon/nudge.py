@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .evaluate import spread
 from .sparsify import sparse_activations, sparse_modules
 
-__all__ = ["nudged_thresholds", "rounding_floor", "describe_floor", "NUDGE_EPS"]
+__all__ = ["scaled_thresholds", "nudged_thresholds", "jittered_thresholds", "rounding_floor", "describe_floor", "NUDGE_EPS"]
 
 NUDGE_EPS = 1e-6  # the median relative difference between two kernel sets' thresholds (docs/RESULTS.md)
 
@@ -29,21 +29,33 @@ def _thresholded(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def nudged_thresholds(model: nn.Module, eps: float, generator: torch.Generator) -> Iterator[nn.Module]:
-    """Inside this block every threshold is multiplied by 1 + eps or 1 - eps (the sign drawn per layer from
-    `generator`); each one's own value is put back on exit."""
+def scaled_thresholds(model: nn.Module, factors: torch.Tensor) -> Iterator[nn.Module]:
+    """Inside this block threshold i (in `sparse_modules` then `sparse_activations` order) is multiplied by factors[i];
+    each one's own value is put back on exit."""
     mods = _thresholded(model)
     saved = [m.threshold.detach().clone() for m in mods]
-    signs = torch.randint(0, 2, (len(mods),), generator=generator) * 2 - 1
     with torch.no_grad():  # in place, as `without_spon`: prepared decode steps see the change
-        for m, s in zip(mods, signs.tolist()):
-            m.threshold.mul_(1 + eps * s)
+        for m, f in zip(mods, factors.tolist(), strict=True):
+            m.threshold.mul_(f)
     try:
         yield model
     finally:
         with torch.no_grad():
             for m, t in zip(mods, saved):
                 m.threshold.copy_(t)
+
+
+def nudged_thresholds(model: nn.Module, eps: float, generator: torch.Generator):
+    """Every threshold multiplied by 1 + eps or 1 - eps (the sign drawn per layer from `generator`), inside the block."""
+    signs = torch.randint(0, 2, (len(_thresholded(model)),), generator=generator) * 2 - 1
+    return scaled_thresholds(model, 1 + eps * signs)
+
+
+def jittered_thresholds(model: nn.Module, sigma: float, generator: torch.Generator):
+    """Every threshold multiplied by exp(sigma z), z standard normal drawn per layer from `generator`, inside the block
+    (training under jitter: `TrainConfig.threshold_jitter`)."""
+    z = torch.randn(len(_thresholded(model)), generator=generator, dtype=torch.float64)
+    return scaled_thresholds(model, (sigma * z).exp())
 
 
 def rounding_floor(score, model: nn.Module, base: dict, nudges: int, *, eps: float = NUDGE_EPS, seed: int = 0,

@@ -22,6 +22,7 @@ from .errors import SponError
 from .evaluate import next_token_nll
 from .init import init_alphas_
 from .kl import kl_per_token, kl_topk, topk_teacher
+from .nudge import jittered_thresholds
 from .sparsify import decode_as_sparse_suffix, dense, sparse_modules
 
 __all__ = ["train_spon_", "TrainResult", "Teacher", "validation_kl", "validation_scores", "lr_at", "lr_scales", "spon_parameters_"]
@@ -367,6 +368,15 @@ def _optimise(model, alphas, train: Teacher, val: Teacher, config: TrainConfig, 
     return _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, result=result, best_state=best_state)
 
 
+def _jitter(model: nn.Module, config: TrainConfig, step: int):
+    """This step's thresholds: as calibrated, or jittered (`threshold_jitter`) from a generator seeded by the seed and the
+    step, so a resumed run draws what an uninterrupted one does, in every process alike."""
+    if not config.threshold_jitter:
+        return contextlib.nullcontext()
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    return jittered_thresholds(model, config.threshold_jitter, gen)
+
+
 def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, result=None, best_state=None, resume=None):
     world, me = dd.world_size(), dd.rank()
     for a in alphas:
@@ -392,7 +402,9 @@ def _run_steps(model, alphas, train, val, config, progress, ckpt, on_step, *, re
         rows = order[torch.arange(pos, pos + config.batch_size) % len(order)]  # wraps into the next epoch
         pos = (pos + config.batch_size) % len(order)
         rows = rows[me::world]  # this process's share of the global batch
-        loss = train.kl(rows, model(input_ids=train.seqs[rows].to(train.device)).logits)
+        with _jitter(model, config, step):  # the masks are fixed in the forward: backward needs no thresholds
+            logits = model(input_ids=train.seqs[rows].to(train.device)).logits
+        loss = train.kl(rows, logits)
         finite = torch.tensor([float(torch.isfinite(loss))])
         dd.all_reduce_mean_([finite])
         if float(finite) < 1.0:

@@ -4,7 +4,7 @@ import torch
 import spon
 from conftest import calibrated, random_ids, with_random_alphas
 from spon.evaluate import evaluate_variants
-from spon.nudge import nudged_thresholds, rounding_floor
+from spon.nudge import jittered_thresholds, nudged_thresholds, rounding_floor
 
 PROTO = spon.EvalProtocol(ctx_len=16, stride=16)
 
@@ -43,3 +43,15 @@ def test_rounding_floor_spans_the_draws_and_is_zero_without_a_nudge():
         values = [base[key], *(d[key] for d in moved["draws"])]
         assert moved[key]["min"] == min(values) and moved[key]["max"] == max(values)
     assert score()["ppl_sparse"] == base["ppl_sparse"]  # the thresholds were put back
+
+
+def test_jittered_thresholds_scale_each_by_its_own_lognormal_factor_and_come_back():
+    model, _ = calibrated("llama")
+    mods = spon.sparse_modules(model)
+    before = {n: m.threshold.detach().clone() for n, m in mods.items()}
+    z = torch.randn(len(mods), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with jittered_thresholds(model, 0.1, torch.Generator().manual_seed(3)):
+        for (n, m), zi in zip(mods.items(), z.tolist()):
+            assert float(m.threshold) == pytest.approx(float(before[n]) * float(torch.tensor(0.1 * zi).exp()), rel=1e-6)
+        assert len({round(float(m.threshold / before[n]), 6) for n, m in mods.items()}) > 1  # one factor per layer
+    assert all(torch.equal(m.threshold, before[n]) for n, m in mods.items())

@@ -294,3 +294,24 @@ def test_averaging_resumes_to_the_uninterrupted_vectors(tmp_path):
 def test_average_out_of_range_is_a_clear_error():
     with pytest.raises(spon.SponError, match=r"average must be in \[0, 1\)"):
         spon.TrainConfig(average=1.0)
+
+
+def test_threshold_jitter_trains_other_vectors_and_leaves_the_thresholds_as_calibrated():
+    ids, val = narrow(64 * 16, seed=5), narrow(64 * 4, seed=6)
+    runs = {}
+    for jitter in (0.0, 0.2, 0.2):
+        model, _ = calibrated("llama", 0.6)
+        taus = {n: m.threshold.detach().clone() for n, m in spon.sparse_modules(model).items()}
+        cfg = spon.TrainConfig(lr=3e-3, steps=6, batch_size=4, seq_len=64, eval_every=2, warmup=2, threshold_jitter=jitter)
+        result = spon.train_spon_(model, ids, val, cfg, progress=False)
+        assert result.kept == "trained"
+        assert all(torch.equal(m.threshold, taus[n]) for n, m in spon.sparse_modules(model).items())
+        runs.setdefault(jitter, []).append({n: m.alpha.detach().clone() for n, m in spon.sparse_modules(model).items()})
+    plain, (a, b) = runs[0.0][0], runs[0.2]
+    assert all(torch.equal(a[n], b[n]) for n in a)  # the jitter is drawn from seeded generators: reproducible
+    assert any(not torch.allclose(a[n], plain[n]) for n in a)  # and it changes what is learnt
+
+
+def test_negative_threshold_jitter_is_a_clear_error():
+    with pytest.raises(spon.SponError, match="threshold_jitter must be 0"):
+        spon.TrainConfig(threshold_jitter=-0.1)
