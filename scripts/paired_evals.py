@@ -1,10 +1,11 @@
 """Two `spon eval --out` results on the same text, compared window by window: ppl(A) / ppl(B) with its 95% interval.
 
 Usage: python scripts/paired_evals.py A/eval.json B/eval.json
+       python scripts/paired_evals.py A/sweep.json#seed=1 B/sweep.json#seed=1   (one seed's row of a sweep)
 
 For two artifacts of one model scored on the same evaluation windows (e.g. two training settings): each variant's
 marginal intervals overlap because both share the text's hard and easy windows; the paired ratio holds only how they
-differ window by window (below 1: A is better). Also accepts a `spon sweep` sweep.json with one row.
+differ window by window (below 1: A is better). Also accepts a `spon sweep` sweep.json with one row, or any row of a sweep by its seed (`PATH#seed=N`).
 """
 import json
 import sys
@@ -16,8 +17,15 @@ from spon.bootstrap import paired_ratio
 
 
 def windows(path: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-    """(tokens per window, NLL per window by variant, gap recovered) of an eval.json or a one-row sweep.json."""
+    """(tokens per window, NLL per window by variant, gap recovered) of an eval.json, a one-row sweep.json, or one
+    seed's row of a sweep.json (`PATH#seed=N`)."""
+    path, _, seed = path.partition("#seed=")
     d = json.loads(Path(path).read_text())
+    if seed:
+        rows = [r for r in d.get("rows", []) + d.get("seed_rows", []) if r.get("seed") == int(seed) and "window_nll" in r]
+        if not rows:
+            sys.exit(f"{path}: no row of seed {seed} with per-window scores")
+        d = {**d, "rows": rows[:1]}
     if "per_window" in d:
         tokens, nll, gap = d["per_window"]["tokens"], d["per_window"]["nll"], d.get("gap_recovered")
     elif "window_tokens" in d and len(d.get("rows", [])) == 1:

@@ -119,7 +119,7 @@ class TrainConfig:
                          "them with decay d (from step 1) is validated and kept instead, against step-to-step noise")
     threshold_jitter: float = opt(0.0, "0: train at the calibrated thresholds; s > 0: each step's forward runs with every "
                                   "threshold times exp(s z), z ~ N(0, 1) per layer (validation at the calibrated ones): vectors "
-                                  "trained for nearby masks, not the one (a trial against the rounding floor; docs/RESULTS.md)")
+                                  "trained for nearby masks, not the one (0.05 tried on SmolLM2: lower in domain and across domains; docs/RESULTS.md)")
     eval_every: int = opt(10, "validation scores every this many steps (and at steps 0 and last)")
     select: str = opt("kl", "the validation score that picks the kept step: kl (to the dense model) or nll (next-token loss "
                       "on the validation text); both are recorded either way", choices=SELECTS)
