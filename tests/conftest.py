@@ -1,4 +1,4 @@
-"""Shared test helpers: tiny random models of five architectures built in the test (offline, a few MB each), a word-level
+"""Shared test helpers: tiny random models of six architectures built in the test (offline, a few MB each), a word-level
 tokenizer, random text, and calibrated / SPON-carrying models."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import torch
 
 import spon
 from transformers import (
+    FalconConfig,
+    FalconForCausalLM,
     Gemma3ForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
@@ -38,8 +40,13 @@ ARCHS = {
     "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(**COMMON, head_dim=8, sliding_window=64)),
     # GPT-2's projections are transformers' Conv1D (weight stored [in, out]), with biases
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)),
+    # Falcon's projections are FalconLinear, a subclass of nn.Linear; fused query_key_value, multi-query attention
+    "falcon": lambda: FalconForCausalLM(FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                     max_position_embeddings=256, bos_token_id=1, eos_token_id=2)),
 }
-LINEARS_PER_BLOCK = {"gpt2": 4}  # c_attn, c_proj, c_fc, c_proj; the others: q, k, v, o, gate, up, down
+# gpt2: c_attn, c_proj, c_fc, c_proj; falcon: query_key_value, dense, dense_h_to_4h, dense_4h_to_h;
+# the others: q, k, v, o, gate, up, down
+LINEARS_PER_BLOCK = {"gpt2": 4, "falcon": 4}
 
 
 def make_model(arch: str, seed: int = 0) -> torch.nn.Module:

@@ -19,7 +19,7 @@ from .fold import fold_
 from .greedy import greedy_generate, greedy_token
 from .models import LoadedModel, load_model
 from .sparse_linear import SparseLinear
-from .sparsify import dense, measure_sparsity, sparse_modules, sparsify_, target_linears, unsparsify_, without_spon
+from .sparsify import dense, dense_block_weights, measure_sparsity, sparse_modules, sparsify_, target_linears, unsparsify_, without_spon
 from .train import TrainResult, train_spon_
 
 __version__ = "0.1.0"
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SparsityConfig", "TrainConfig", "EvalProtocol", "SparseLinear", "SponError", "LoadedModel", "TextSplits",
     "TrainResult", "load_model", "load_splits", "tokenize", "sparsify_", "unsparsify_", "calibrate_", "train_spon_",
-    "fold_", "dense", "without_spon", "measure_sparsity", "sparse_modules", "target_linears", "save_artifact", "load_artifact",
+    "fold_", "dense", "dense_block_weights", "without_spon", "measure_sparsity", "sparse_modules", "target_linears", "save_artifact", "load_artifact",
     "read_artifact", "perplexity", "evaluate_variants", "gap_recovered", "prepare_decode_", "compile_decode_", "warm_guards", "masked_dense",
     "greedy_generate",
     "greedy_token",

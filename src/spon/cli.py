@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import warnings
 
 from .config import check_sparsity
 from .errors import SponError
@@ -165,8 +166,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """The library's own notices ("spon: ...") as one plain line on stderr; others as Python shows them."""
+    if str(message).startswith("spon: "):
+        print(message, file=sys.stderr if file is None else file)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     from .distributed import init_from_env, shutdown
 
     try:

@@ -38,8 +38,30 @@ def linear_shape(mod: nn.Module) -> list[int]:
 
 
 def is_linear(mod: nn.Module) -> bool:
-    """A plain dense linear layer that `SparseLinear` can wrap: `nn.Linear` or transformers' `Conv1D`."""
-    return type(mod) is nn.Linear or is_conv1d(mod)
+    """A plain dense linear layer that `SparseLinear` can wrap: `nn.Linear`, transformers' `Conv1D`, or a subclass of
+    `nn.Linear` (Falcon's `FalconLinear`, ...) whose forward computes `F.linear` on a plain weight (`computes_f_linear`);
+    quantised or otherwise altered subclasses are left alone."""
+    return type(mod) is nn.Linear or is_conv1d(mod) or (isinstance(mod, nn.Linear) and computes_f_linear(mod))
+
+
+@torch.no_grad()
+def computes_f_linear(mod: nn.Linear) -> bool:
+    """Whether a subclass of `nn.Linear` is a plain linear layer in another dress: its weight a floating-point tensor of
+    shape [out_features, in_features] in memory, and its forward on a random probe (two rows) equal to
+    `F.linear(x, weight, bias)` up to rounding."""
+    w, b = getattr(mod, "weight", None), getattr(mod, "bias", None)
+    if type(w) not in (nn.Parameter, torch.Tensor) or not w.is_floating_point() or w.is_meta \
+            or tuple(w.shape) != (mod.out_features, mod.in_features) \
+            or (b is not None and (type(b) not in (nn.Parameter, torch.Tensor) or tuple(b.shape) != (mod.out_features,))):
+        return False
+    x = torch.randn(2, mod.in_features, generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
+    try:
+        y = mod(x)
+    except Exception:  # noqa: BLE001  a forward that wants more than one tensor is not a plain linear layer
+        return False
+    ref = F.linear(x, w, b)
+    tol = 1e-5 if w.dtype == torch.float32 else 2e-2
+    return isinstance(y, torch.Tensor) and y.shape == ref.shape and torch.allclose(y.float(), ref.float(), rtol=tol, atol=tol)
 
 
 class CountsZeros:
@@ -126,15 +148,22 @@ class SparseLinear(FrozenConstants, CountsZeros, nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Module, tokens: str = "all", last_fraction: float = 0.5) -> "SparseLinear":
         """Wrap an `nn.Linear` (or a GPT-2 `Conv1D`), sharing its weight and bias."""
-        return cls(linear.weight, linear.bias, transposed=is_conv1d(linear), dense_cls=type(linear), tokens=tokens,
-                   last_fraction=last_fraction)
+        sparse = cls(linear.weight, linear.bias, transposed=is_conv1d(linear), dense_cls=type(linear), tokens=tokens,
+                     last_fraction=last_fraction)
+        sparse._dense_attrs = {k: v for k, v in vars(linear).items() if not k.startswith("_")}  # a subclass's own fields
+        return sparse
 
     def to_linear(self) -> nn.Module:
         """The plain dense layer back, of its original class, with the original weight and bias objects."""
-        if self.transposed:
+        if self.transposed or self._dense_cls is not nn.Linear:  # Conv1D, or a subclass of nn.Linear
             lin = self._dense_cls.__new__(self._dense_cls)
             nn.Module.__init__(lin)
-            lin.nf, lin.nx = self.out_features, self.in_features
+            if self.transposed:
+                lin.nf, lin.nx = self.out_features, self.in_features
+            else:
+                lin.in_features, lin.out_features = self.in_features, self.out_features
+            for k, v in getattr(self, "_dense_attrs", {}).items():
+                setattr(lin, k, v)
         else:
             lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         lin.weight, lin.bias = self.weight, self.bias

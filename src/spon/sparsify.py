@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -16,7 +17,7 @@ from .sparse_activation import MLP_ACTIVATION, SparseActivation
 from .sparse_linear import SelectionRule, SparseLinear, is_linear
 
 __all__ = [
-    "sparsify_", "unsparsify_", "apply_rule", "output_head", "decode_as_sparse_suffix", "set_attr", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
+    "sparsify_", "unsparsify_", "dense_block_weights", "apply_rule", "output_head", "decode_as_sparse_suffix", "set_attr", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
 ]
 
 
@@ -117,7 +118,42 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None) -> dict[st
         _set_submodule(model, name, SparseLinear.from_linear(lin, config.tokens, config.last_fraction))
     apply_rule(model, config)
     model.spon_config = config
+    _warn_dense_share(model, config)
     return sparse_modules(model)
+
+
+def dense_block_weights(model: nn.Module, config: SparsityConfig) -> tuple[dict[str, int], int]:
+    """Weights inside the decoder blocks (parameters of two or more dimensions whose name `config.include` matches)
+    that no sparse layer reads, by the module holding them, with the number of block weights in all: e.g. the fused
+    expert tensors of a mixture-of-experts block in transformers 5 (`MixtralExperts`), which are not linear modules."""
+    include, exclude = re.compile(config.include), re.compile(config.exclude)
+    sparse = {id(p) for m in sparse_modules(model).values() for p in (m.weight,)}
+    dense: dict[str, int] = {}
+    total = 0
+    for name, p in model.named_parameters():
+        module = name.rpartition(".")[0]
+        if p.dim() < 2 or not include.search(name) or exclude.search(module):
+            continue
+        total += p.numel()
+        if id(p) not in sparse:
+            dense[module] = dense.get(module, 0) + p.numel()
+    return dense, total
+
+
+def _warn_dense_share(model: nn.Module, config: SparsityConfig, limit: float = 0.1) -> None:
+    """Say so when more than `limit` of the decoder blocks' weights stay dense (modules spon cannot wrap)."""
+    dense, total = dense_block_weights(model, config)
+    share = sum(dense.values()) / total if total else 0.0
+    if share > limit:
+        by_kind: dict[str, int] = {}
+        for n, count in dense.items():
+            kind = type(model.get_submodule(n)).__name__
+            by_kind[kind] = by_kind.get(kind, 0) + count
+        kinds = sorted(by_kind, key=by_kind.get, reverse=True)
+        warnings.warn(
+            f"spon: {share:.0%} of the decoder blocks' weights sit in modules spon cannot wrap as sparse linears "
+            f"({', '.join(kinds)}; e.g. {max(dense, key=dense.get)}) and stay dense: the sparsity, its speed-up and "
+            "the measured sparsity cover only the rest", stacklevel=3)
 
 
 def unsparsify_(model: nn.Module) -> nn.Module:

@@ -13,7 +13,9 @@ def test_swaps_every_decoder_linear_and_nothing_else(arch):
     model = make_model(arch)
     mods = spon.sparsify_(model)
     assert len(mods) == LINEARS_PER_BLOCK.get(arch, 7) * model.config.num_hidden_layers
-    pattern = r"h\.\d+\.(attn|mlp)\.c_\w+$" if arch == "gpt2" else r"layers\.\d+\.(self_attn|mlp)\.\w+_proj$"
+    pattern = {"gpt2": r"h\.\d+\.(attn|mlp)\.c_\w+$",
+               "falcon": r"h\.\d+\.(self_attention\.(query_key_value|dense)|mlp\.dense_\w+)$"}.get(
+        arch, r"layers\.\d+\.(self_attn|mlp)\.\w+_proj$")
     assert all(re.search(pattern, n) for n in mods)
     assert type(model.lm_head) is nn.Linear
     assert not any(is_linear(m) for n, m in model.named_modules() if n != "lm_head")
@@ -148,3 +150,87 @@ def test_sparsify_head_adds_the_output_head_by_role_and_an_artifact_keeps_it(arc
 def test_sparsify_head_with_cats_is_a_one_line_error():
     with pytest.raises(spon.SponError, match="drop --sparsify-head"):
         spon.SparsityConfig(rule="cats", sparsify_head=True)
+
+
+class Scaled(nn.Linear):
+    """A subclass of nn.Linear whose forward is not F.linear (twice it): must be left alone."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class Dressed(nn.Linear):
+    """A subclass of nn.Linear that computes F.linear its own way, with a field of its own (as Falcon's FalconLinear)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.tag = "kept"
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+
+def test_subclasses_of_linear_are_wrapped_only_where_their_forward_is_f_linear():
+    model = make_model("llama")
+    mlp = model.model.layers[0].mlp
+    w_up, w_down = mlp.up_proj.weight, mlp.down_proj.weight
+    for name, cls in (("up_proj", Dressed), ("down_proj", Scaled)):
+        old = getattr(mlp, name)
+        new = cls(old.in_features, old.out_features, bias=True)
+        new.weight = old.weight
+        setattr(mlp, name, new)
+    ids = random_ids(1, 12)
+    ref = model(input_ids=ids).logits
+    with pytest.warns(UserWarning, match=r"spon: 11% .*cannot wrap.*\(Scaled; e\.g\. model\.layers\.0\.mlp\.down_proj\)"):
+        mods = spon.sparsify_(model)
+    assert "model.layers.0.mlp.up_proj" in mods and "model.layers.0.mlp.down_proj" not in mods
+    assert type(mlp.down_proj) is Scaled and mlp.up_proj.weight is w_up
+    with spon.dense(model):
+        assert torch.equal(model(input_ids=ids).logits, ref)
+    spon.unsparsify_(model)  # the subclass comes back as itself, with its own field and the same weights
+    assert type(mlp.up_proj) is Dressed and mlp.up_proj.tag == "kept" and mlp.up_proj.weight is w_up
+    assert mlp.down_proj.weight is w_down
+    assert torch.equal(model(input_ids=ids).logits, ref)
+
+
+def test_quantised_or_meta_subclasses_are_not_linear():
+    lin = Dressed(8, 4)
+    assert is_linear(lin)
+    lin.weight = nn.Parameter(torch.zeros(4, 8, dtype=torch.int8), requires_grad=False)  # not floating point
+    assert not is_linear(lin)
+    assert not is_linear(Dressed(8, 4, device="meta"))
+
+
+def _tiny_mixtral():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from conftest import COMMON
+
+    torch.manual_seed(0)
+    return MixtralForCausalLM(MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)).eval()
+
+
+def test_weights_left_dense_in_modules_that_are_not_linear_are_named():
+    model = _tiny_mixtral()  # transformers 5 keeps a block's experts as fused 3-D tensors, not nn.Linear
+    with pytest.warns(UserWarning, match=r"spon: 89% of the decoder blocks' weights .*cannot wrap.*\(MixtralExperts.*layers\.\d\.mlp\.experts"):
+        spon.sparsify_(model)
+    dense, total = spon.dense_block_weights(model, spon.SparsityConfig())
+    experts = model.model.layers[0].mlp.experts
+    assert dense["model.layers.0.mlp.experts"] == sum(p.numel() for p in experts.parameters())
+    assert total == sum(dense.values()) + sum(m.weight.numel() for m in spon.sparse_modules(model).values())
+
+
+def test_no_notice_where_every_block_weight_is_sparsified(arch, recwarn):
+    spon.sparsify_(make_model(arch))
+    assert not [w for w in recwarn if "spon:" in str(w.message)]
+    assert spon.dense_block_weights(make_model(arch), spon.SparsityConfig())[0]  # before sparsify_: all dense
+
+
+def test_the_cli_shows_the_librarys_notices_as_one_line():
+    import io
+
+    from spon.cli import _show_warning
+
+    out = io.StringIO()
+    _show_warning(UserWarning("spon: 57% of the ..."), UserWarning, "x.py", 1, file=out)
+    assert out.getvalue() == "spon: 57% of the ...\n"
