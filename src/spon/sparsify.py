@@ -17,7 +17,7 @@ from .sparse_activation import MLP_ACTIVATION, SparseActivation
 from .sparse_linear import SelectionRule, SparseLinear, is_linear
 
 __all__ = [
-    "sparsify_", "unsparsify_", "dense_block_weights", "apply_rule", "output_head", "decode_as_sparse_suffix", "set_attr", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
+    "sparsify_", "unsparsify_", "dense_block_weights", "is_router", "apply_rule", "output_head", "decode_as_sparse_suffix", "set_attr", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
 ]
 
 
@@ -27,7 +27,7 @@ def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Mod
     found = {
         name: mod
         for name, mod in model.named_modules()
-        if is_linear(mod) and include.search(name) and not exclude.search(name)
+        if is_linear(mod) and include.search(name) and not exclude.search(name) and not is_router(mod, model)
     }
     if config.sparsify_head:  # found by role, not by name: lm_head, embed_out, ...
         head = output_head(model)
@@ -35,6 +35,20 @@ def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Mod
             raise SponError("this model has no linear output head (get_output_embeddings) to sparsify; drop --sparsify-head")
         found[head[0]] = head[1]
     return found
+
+
+EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def is_router(linear: nn.Module, model: nn.Module) -> bool:
+    """A mixture of experts' router or a scalar gate, found by shape whatever its name (Mixtral's and Qwen2-MoE's are
+    called `gate`): its outputs are the model's expert count, or one. Its input picks the experts, and its weights are
+    a sliver of the block's: it stays dense (TEAL's protocol leaves routing alone)."""
+    from .sparse_linear import linear_shape
+
+    out = linear_shape(linear)[0]
+    experts = [getattr(getattr(model, "config", None), key, None) for key in EXPERT_COUNTS]
+    return out == 1 or any(isinstance(n, int) and n > 1 and out == n for n in experts)
 
 
 def output_head(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -141,7 +155,7 @@ def dense_block_weights(model: nn.Module, config: SparsityConfig) -> tuple[dict[
 
 
 def _warn_dense_share(model: nn.Module, config: SparsityConfig, limit: float = 0.1) -> None:
-    """Say so when more than `limit` of the decoder blocks' weights stay dense (modules spon cannot wrap)."""
+    """Say so when more than `limit` of the decoder blocks' weights stay dense (modules that are not sparse linears)."""
     dense, total = dense_block_weights(model, config)
     share = sum(dense.values()) / total if total else 0.0
     if share > limit:
@@ -151,9 +165,9 @@ def _warn_dense_share(model: nn.Module, config: SparsityConfig, limit: float = 0
             by_kind[kind] = by_kind.get(kind, 0) + count
         kinds = sorted(by_kind, key=by_kind.get, reverse=True)
         warnings.warn(
-            f"spon: {share:.0%} of the decoder blocks' weights sit in modules spon cannot wrap as sparse linears "
-            f"({', '.join(kinds)}; e.g. {max(dense, key=dense.get)}) and stay dense: the sparsity, its speed-up and "
-            "the measured sparsity cover only the rest", stacklevel=3)
+            f"spon: {share:.0%} of the decoder blocks' weights stay dense, in modules that are not sparse linears "
+            f"({', '.join(kinds)}; e.g. {max(dense, key=dense.get)}): the sparsity, its speed-up and the measured "
+            "sparsity cover only the rest", stacklevel=3)
 
 
 def unsparsify_(model: nn.Module) -> nn.Module:

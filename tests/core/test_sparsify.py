@@ -181,7 +181,7 @@ def test_subclasses_of_linear_are_wrapped_only_where_their_forward_is_f_linear()
         setattr(mlp, name, new)
     ids = random_ids(1, 12)
     ref = model(input_ids=ids).logits
-    with pytest.warns(UserWarning, match=r"spon: 11% .*cannot wrap.*\(Scaled; e\.g\. model\.layers\.0\.mlp\.down_proj\)"):
+    with pytest.warns(UserWarning, match=r"spon: 11% .*stay dense, in modules that are not sparse linears \(Scaled; e\.g\. model\.layers\.0\.mlp\.down_proj\)"):
         mods = spon.sparsify_(model)
     assert "model.layers.0.mlp.up_proj" in mods and "model.layers.0.mlp.down_proj" not in mods
     assert type(mlp.down_proj) is Scaled and mlp.up_proj.weight is w_up
@@ -210,14 +210,28 @@ def _tiny_mixtral():
     return MixtralForCausalLM(MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)).eval()
 
 
-def test_weights_left_dense_in_modules_that_are_not_linear_are_named():
-    model = _tiny_mixtral()  # transformers 5 keeps a block's experts as fused 3-D tensors, not nn.Linear
-    with pytest.warns(UserWarning, match=r"spon: 89% of the decoder blocks' weights .*cannot wrap.*\(MixtralExperts.*layers\.\d\.mlp\.experts"):
-        spon.sparsify_(model)
+def test_moe_experts_are_sparsified_where_they_are_linears_and_named_where_they_are_not():
+    import warnings
+
+    model = _tiny_mixtral()
+    fused = any(p.dim() == 3 for p in model.parameters())  # transformers 5: a block's experts as 3-D tensors
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mods = spon.sparsify_(model)
+    notices = [str(w.message) for w in caught if str(w.message).startswith("spon: ")]
+    experts = model.config.num_local_experts
+    assert not [n for n, m in mods.items() if m.out_features == experts]  # the routers stay dense
     dense, total = spon.dense_block_weights(model, spon.SparsityConfig())
-    experts = model.model.layers[0].mlp.experts
-    assert dense["model.layers.0.mlp.experts"] == sum(p.numel() for p in experts.parameters())
-    assert total == sum(dense.values()) + sum(m.weight.numel() for m in spon.sparse_modules(model).values())
+    assert total == sum(dense.values()) + sum(m.weight.numel() for m in mods.values())
+    if fused:
+        assert len(mods) == 4 * model.config.num_hidden_layers  # q, k, v, o
+        assert len(notices) == 1 and re.search(r"spon: 89% of the decoder blocks' weights stay dense, in modules that "
+                                               r"are not sparse linears \(MixtralExperts.*layers\.\d\.mlp\.experts", notices[0])
+        block = model.model.layers[0].mlp.experts
+        assert dense["model.layers.0.mlp.experts"] == sum(p.numel() for p in block.parameters())
+    else:  # transformers 4: every expert's w1, w2, w3 is an nn.Linear
+        assert len(mods) == (4 + 3 * experts) * model.config.num_hidden_layers
+        assert not notices
 
 
 def test_no_notice_where_every_block_weight_is_sparsified(arch, recwarn):
