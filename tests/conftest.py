@@ -100,6 +100,36 @@ def model_folder(tmp_path):
     return folder
 
 
+CUSTOM_CONFIG = '''from transformers import LlamaConfig
+
+
+class TinyCustomConfig(LlamaConfig):
+    model_type = "tiny-custom"
+'''
+CUSTOM_MODEL = '''from transformers import LlamaForCausalLM
+
+from .configuration_tiny import TinyCustomConfig
+
+
+class TinyCustomForCausalLM(LlamaForCausalLM):
+    config_class = TinyCustomConfig
+'''
+
+
+@pytest.fixture
+def custom_code_folder(model_folder):
+    """The tiny Llama as a model that ships its own code: an architecture transformers does not know."""
+    import json
+
+    (model_folder / "configuration_tiny.py").write_text(CUSTOM_CONFIG)
+    (model_folder / "modeling_tiny.py").write_text(CUSTOM_MODEL)
+    config = json.loads((model_folder / "config.json").read_text())
+    config.update(model_type="tiny-custom", architectures=["TinyCustomForCausalLM"], auto_map={
+        "AutoConfig": "configuration_tiny.TinyCustomConfig", "AutoModelForCausalLM": "modeling_tiny.TinyCustomForCausalLM"})
+    (model_folder / "config.json").write_text(json.dumps(config))
+    return model_folder
+
+
 @pytest.fixture
 def text_file(tmp_path):
     path = tmp_path / "text.txt"

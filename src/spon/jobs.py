@@ -28,12 +28,13 @@ __all__ = ["open_model", "calibrate_model", "train_model", "evaluate_model", "ex
 
 
 def open_model(
-    spec: str, dtype: str = "float32", artifact: str | None = None, device_map: str | None = None, *, check_weights: bool = True
+    spec: str, dtype: str = "float32", artifact: str | None = None, device_map: str | None = None, *, check_weights: bool = True,
+    trust_remote_code: bool = False,
 ) -> tuple[LoadedModel, dict | None]:
     """Load a model, and an artifact onto it: the one given, or the one inside an exported folder.
 
     check_weights: refuse an artifact saved from other weights (see `load_artifact`)."""
-    lm = load_model(spec, dtype, device_map=device_map)
+    lm = load_model(spec, dtype, device_map=device_map, trust_remote_code=trust_remote_code)
     meta = None
     if artifact is not None:
         meta = load_artifact(lm.model, artifact, check_weights=check_weights)
@@ -116,11 +117,12 @@ def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProto
     return out
 
 
-def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, check_weights: bool = True) -> Path:
+def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, check_weights: bool = True,
+                 trust_remote_code: bool = False) -> Path:
     """Write a model folder (base weights + tokenizer + folded SPON artifact) that `load_model` runs sparse."""
     out_path = Path(out)
     ensure_writable_dir(out_path.parent)
-    lm = load_model(spec, dtype)
+    lm = load_model(spec, dtype, trust_remote_code=trust_remote_code)
     with atomic_dir(out_path) as tmp:
         lm.model.save_pretrained(tmp)  # the dense base weights, before any module is swapped
         lm.tokenizer.save_pretrained(tmp)

@@ -45,6 +45,8 @@ class ModelArgs:
     dtype: str = opt("float32", "weights and compute dtype", choices=tuple(DTYPES))
     device_map: str | None = opt(None, "split a large model across devices with accelerate, e.g. auto", type="str")
     ignore_weights: bool = opt(False, "load an artifact even if it was saved from other weights of the same shapes")
+    trust_remote_code: bool = opt(False, "run the model's own Python code from its folder or hub repo (architectures "
+                                  "transformers lacks); only for sources you trust")
 
 
 @dataclass
@@ -166,11 +168,13 @@ def _auto_device() -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "auto", device_map: str | None = None) -> LoadedModel:
+def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "auto", device_map: str | None = None,
+               *, trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer from an embedded name, a .gguf file, a local folder or a hub id.
 
     device "auto": this process's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU.
     device_map (e.g. "auto"): split a model too large for one device across devices with accelerate instead.
+    trust_remote_code: run the model's own modelling code (its config's auto_map), as transformers' flag of that name.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -193,11 +197,16 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = 
         folder = None  # a hub id, for users who have a hub
     source = str(folder) if folder is not None else spec
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        extra = {"device_map": device_map} if device_map else {}
+        extra = {"trust_remote_code": True} if trust_remote_code else {}
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        if device_map:
+            extra["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
     except (OSError, ValueError, KeyError) as e:  # a missing hub id, no network, a broken folder or config
         where = "the folder" if folder is not None else "the hub (no local folder of that name)"
+        if "trust_remote_code" in str(e) and not trust_remote_code:
+            raise SponError(f"model {spec!r} comes with its own Python code ({where}); read it, then pass "
+                            "--trust-remote-code (Python: trust_remote_code=True) to run it") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SponError(f"cannot load model {spec!r} from {where}: {first[:200]}; {_MODEL_KINDS}") from None
     if not device_map:

@@ -92,6 +92,19 @@ def test_calibrate_train_eval_export_generate(capsys, model_folder, big_text, tm
     assert code == 2 and "already folded" in one_line_error(err) and not (tmp_path / "again" / "spon_config.json").exists()
 
 
+def test_models_with_their_own_code_need_trust_remote_code_in_every_command(capsys, custom_code_folder, big_text, tmp_path):
+    cal, exp = tmp_path / "cal", tmp_path / "exported"
+    code, _, err = run(capsys, "calibrate", "--model", custom_code_folder, "--data", big_text, "--out", cal, "--quiet")
+    assert code == 2 and "pass --trust-remote-code" in one_line_error(err) and not (cal / "spon_config.json").exists()
+    trust = ["--trust-remote-code", "--quiet"]
+    assert run(capsys, "calibrate", "--model", custom_code_folder, "--data", big_text, "--out", cal, "--calib-tokens", "512", *trust)[0] == 0
+    assert run(capsys, "export", "--model", custom_code_folder, "--artifact", cal, "--out", exp, *trust)[0] == 0
+    assert (exp / "modeling_tiny.py").exists()  # the exported folder carries the model's code with it
+    code, out, _ = run(capsys, "eval", "--model", exp, "--data", big_text, "--json", *trust, *EVAL)
+    res = json.loads(out)
+    assert code == 0 and res["sparsity_measured"] == pytest.approx(0.5, abs=0.1) and res["ppl_sparse"] != res["ppl_dense"]  # ran sparse
+
+
 def test_missing_model(capsys, tmp_path):
     code, _, err = run(capsys, "eval", "--model", tmp_path / "nope", "--artifact", tmp_path)
     assert code == 2 and "not found" in one_line_error(err)

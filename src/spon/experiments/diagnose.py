@@ -122,7 +122,8 @@ def run_diagnose(cfg: DiagnoseConfig, progress: bool = True) -> str:
     """diagnose() on the held-out split; writes diagnose.json and the plots, returns the summary line."""
     out = ensure_writable_dir(cfg.out)
     splits = load_splits(cfg.data)
-    lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights)
+    lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights,
+                          trust_remote_code=cfg.trust_remote_code)
     if meta is None:
         raise SponError("nothing to diagnose: pass --artifact (from `spon calibrate`/`spon train`) or an exported model folder")
     ids = sequences(tokenize(lm.tokenizer, splits.evaluation), cfg.seq_len, bos=bos_token_id(lm.tokenizer))[: cfg.sequences]

@@ -60,7 +60,7 @@ class Session:
 def open_session(cfg: ExperimentConfig, *, eval_data: str | None = None, progress: bool = True) -> Session:
     """Load the model and text; score the dense model once. eval_data: another corpus's held-out split (cross-domain)."""
     t0 = time.time()
-    lm = load_model(cfg.model, cfg.dtype, device_map=cfg.device_map)
+    lm = load_model(cfg.model, cfg.dtype, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code)
     splits = load_splits(cfg.data)
     eval_splits = load_splits(eval_data) if eval_data else splits
     bos = bos_token_id(lm.tokenizer)
