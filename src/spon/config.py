@@ -37,8 +37,9 @@ class SparsityConfig:
     last_fraction: float = opt(0.5, "with tokens=last: TEAL's evaluation sparsifies the last half")
     include: str = opt(r"\.\d+\.", "regex: linears inside a numbered block list (decoder layers); never lm_head or "
                        "embeddings (the head: --sparsify-head)")
-    exclude: str = opt(r"(^|\.)(lm_head|embed\w*|router)$", "regex: never the output head (see --sparsify-head), embeddings or MoE routers (routers and scalar gates "
-                  "are also found by shape: as many outputs as the model has experts, or one)")
+    exclude: str = opt(r"(^|\.)(lm_head|embed\w*|router)$", "regex: never the output head (see --sparsify-head), embeddings "
+                       "or MoE routers (routers and scalar gates are also found by shape: as many outputs as the model "
+                       "has experts, or one)")
     sparsify_head: bool = opt(False, "also sparsify the output head (the model's get_output_embeddings, whatever its name) at "
                               "the target: a fifth to a quarter of a small model's weight bytes, at an accuracy cost "
                               "(docs/RESULTS.md, Decode speed)")

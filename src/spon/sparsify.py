@@ -14,7 +14,7 @@ from .config import SparsityConfig
 from .decode_head import DecodeHead
 from .errors import SponError
 from .sparse_activation import MLP_ACTIVATION, SparseActivation
-from .sparse_linear import SelectionRule, SparseLinear, is_linear
+from .sparse_linear import SelectionRule, SparseLinear, is_linear, linear_shape
 
 __all__ = [
     "sparsify_", "unsparsify_", "dense_block_weights", "is_router", "apply_rule", "output_head", "decode_as_sparse_suffix", "set_attr", "target_linears", "sparse_modules", "sparse_activations", "dense", "without_spon", "measure_sparsity",
@@ -44,8 +44,6 @@ def is_router(linear: nn.Module, model: nn.Module) -> bool:
     """A mixture of experts' router or a scalar gate, found by shape whatever its name (Mixtral's and Qwen2-MoE's are
     called `gate`): its outputs are the model's expert count, or one. Its input picks the experts, and its weights are
     a sliver of the block's: it stays dense (TEAL's protocol leaves routing alone)."""
-    from .sparse_linear import linear_shape
-
     out = linear_shape(linear)[0]
     experts = [getattr(getattr(model, "config", None), key, None) for key in EXPERT_COUNTS]
     return out == 1 or any(isinstance(n, int) and n > 1 and out == n for n in experts)

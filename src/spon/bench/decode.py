@@ -234,7 +234,7 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
     for dtype in dtypes:
         dense_lm = load_model(cfg.model, dtype, trust_remote_code=cfg.trust_remote_code)
         sparse_lm, meta = open_model(cfg.model, dtype, cfg.artifact, check_weights=not cfg.ignore_weights,
-                                         trust_remote_code=cfg.trust_remote_code)
+                                     trust_remote_code=cfg.trust_remote_code)
         if meta is None:
             calibrate_model(sparse_lm, splits, cfg.sparsity, calib_tokens=cfg.calib_tokens, progress=progress)
         prompt = dense_lm.tokenizer(cfg.prompt, return_tensors="pt")["input_ids"]
