@@ -19,6 +19,7 @@ from torch import nn
 from .atomic import atomic_file, ensure_writable_dir
 from .config import SparsityConfig
 from .errors import SponError
+from .experts import fuse_experts_, unfuse_experts_
 from .sparse_linear import linear_matrix, linear_shape
 from .sparsify import sparse_activations, sparse_modules, sparsify_, target_linears, unsparsify_
 
@@ -188,7 +189,12 @@ def load_artifact(model: nn.Module, path: str | Path, *, check_weights: bool = T
     path = Path(path)
     meta, tensors = read_artifact(path)
     config = SparsityConfig.from_dict(meta["sparsity"])
-    _check_fits(meta, model, config, path, check_weights)
+    unfused = unfuse_experts_(model)  # an artifact names experts' layers as `sparsify_` makes them
+    try:
+        _check_fits(meta, model, config, path, check_weights)
+    except SponError:
+        fuse_experts_(model, list(unfused))
+        raise
     unsparsify_(model)  # whatever rule state the model had, the artifact's replaces it
     mods = sparsify_(model, config)
     for name, m in mods.items():

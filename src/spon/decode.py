@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .decode_head import DecodeHead
+from .experts import ExpertLinears
 from .fold import fold_
 from .sparsify import _set_submodule, output_head, set_attr, sparse_modules
 
@@ -263,7 +264,8 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
 
     Works on any Hugging Face causal LM, sparse or not: a prepared sparse model's single-token steps are captured
     whole, the sparse GEMV as one custom operator (`torch.ops.spon.sparse_gemv`). The first calls compile (one graph
-    for the prompt's length, one for single tokens); time them apart from decoding.
+    for the prompt's length, one for single tokens); time them apart from decoding. A mixture of experts whose experts
+    were sparsified (`experts.ExpertLinears`) is compiled without fullgraph: each block's experts run eagerly.
 
     attention: the attention implementation the compiled graphs use (Hugging Face's `attn_implementation`). "auto":
     "eager" on CPU (the reference attention in plain torch ops, which inductor fuses into the step) and the model's own
@@ -282,6 +284,8 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
     bf16: 0.95x), so leave this on unless the layers were prepared with `fuse_siblings=False`.
     """
     options = dict(COMPILE_OPTIONS)
+    if any(isinstance(m, ExpertLinears) for m in model.modules()):
+        fullgraph = False  # a sparsified mixture of experts runs its experts loop outside the graph (`experts`)
     if sparse_modules(model):
         from .kernels import op  # noqa: F401  the operator must exist before tracing
 

@@ -13,6 +13,7 @@ from torch import nn
 from .config import SparsityConfig
 from .decode_head import DecodeHead
 from .errors import SponError
+from .experts import fuse_experts_, unfuse_experts_
 from .sparse_activation import MLP_ACTIVATION, SparseActivation
 from .sparse_linear import SelectionRule, SparseLinear, is_linear, linear_shape
 
@@ -120,7 +121,9 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None) -> dict[st
         for mod in existing.values():
             mod.tokens, mod.last_fraction = config.tokens, config.last_fraction
         return existing
+    unfused = unfuse_experts_(model)  # transformers 5's 3-D expert weights as per-expert linears (`experts`)
     targets = target_linears(model, config)
+    fuse_experts_(model, [n for n in unfused if not any(t.startswith(n + ".") for t in targets)])  # none selected
     if not targets:
         raise SponError(
             f"no nn.Linear inside the decoder blocks of {type(model).__name__} matched include={config.include!r}; "
@@ -169,13 +172,14 @@ def _warn_dense_share(model: nn.Module, config: SparsityConfig, limit: float = 0
 
 
 def unsparsify_(model: nn.Module) -> nn.Module:
-    """Put plain `nn.Linear` modules back (dropping thresholds, alphas and folded biases)."""
+    """Put plain `nn.Linear` modules back (dropping thresholds, alphas and folded biases), and fused experts."""
     for name, mod in sparse_modules(model).items():
         _set_submodule(model, name, mod.to_linear())
     for name, act in sparse_activations(model).items():
         _set_submodule(model, name, act.act)
     for name, head in [(n, m) for n, m in model.named_modules() if isinstance(m, DecodeHead)]:
         _set_submodule(model, name, head.to_linear())
+    fuse_experts_(model)
     if hasattr(model, "spon_config"):
         del model.spon_config
     return model

@@ -3,8 +3,9 @@ calibrate, a few training steps, fold, then decode eager and compiled. Each mode
 
 Fused projections (Phi-3's qkv_proj / gate_up_proj, GPT-NeoX's query_key_value), other layer names (OPT's fc1/fc2,
 Bloom's dense_h_to_4h), q/k norms (Qwen3, OLMo2), parallel blocks (GPT-J, Cohere) and mixtures of experts (Mixtral,
-Qwen2-MoE: their experts are fused 3-D tensors in transformers 5, left dense and named in a notice) all go through the
-same module swap, with no code of their own. Compiled steps are checked against masked-dense steps compiled the
+Qwen2-MoE, GPT-OSS: transformers 5 keeps experts as 3-D tensors, unfused into per-expert linears by `spon.experts`;
+transformers 4's GPT-OSS experts have no layout flags and stay dense, named in a notice) all go through the same
+module swap, with no code of their own. Compiled steps are checked against masked-dense steps compiled the
 same way (tests/kernels/test_compile.py does eager against compiled on the main six)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import transformers as T
 import spon
 from conftest import COMMON, VOCAB, needs_cc, random_ids, with_random_alphas
 from spon.data import sequences
+from spon.experts import is_fused_experts
 
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
 MORE = {
@@ -39,8 +41,10 @@ MORE = {
     "qwen2_moe": (lambda: T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2,
                                                                  moe_intermediate_size=32,
                                                                  shared_expert_intermediate_size=64)), 7),
+    "gpt_oss": (lambda: T.GptOssForCausalLM(T.GptOssConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2,
+                                                           head_dim=8)), 4),
 }
-MOE = {"mixtral", "qwen2_moe"}
+MOE = {"mixtral", "qwen2_moe", "gpt_oss"}
 pytestmark = [needs_cc]  # decoding through the kernels
 
 
@@ -51,14 +55,16 @@ def test_pipeline_runs_and_compiled_decoding_matches_masked_dense(name):
     model = build().eval()
     ids = random_ids(1, 1024, seed=2)[0]
     cfg = spon.SparsityConfig(sparsity=0.5)
+    fused = any(p.dim() == 3 for p in model.parameters())  # experts as 3-D tensors
+    dense_experts = fused and not any(is_fused_experts(m) for m in model.modules())  # ... without layout flags
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mods = spon.sparsify_(model, cfg)
     notices = [str(w.message) for w in caught if str(w.message).startswith("spon: ")]
-    fused = any(p.dim() == 3 for p in model.parameters())  # transformers 5 keeps experts as 3-D tensors
-    assert len(notices) == (name in MOE and fused)  # experts left dense are said, and only they
+    assert len(notices) == dense_experts  # experts left dense are said, and only they
     count = getattr(model.config, "num_local_experts", None) or getattr(model.config, "num_experts", 0)
-    experts = 0 if fused or name not in MOE else 3 * count  # transformers 4: each expert's three projections
+    # per expert: gate_up and down (unfused), or transformers 4's three linears
+    experts = 0 if name not in MOE or dense_experts else (2 if fused else 3) * count
     assert len(mods) == (per_block + experts) * model.config.num_hidden_layers
     spon.calibrate_(model, sequences(ids, 64, 512).split(4), cfg, progress=False)
     with torch.no_grad(), spon.measure_sparsity(model) as stats:

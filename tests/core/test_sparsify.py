@@ -210,28 +210,43 @@ def _tiny_mixtral():
     return MixtralForCausalLM(MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)).eval()
 
 
-def test_moe_experts_are_sparsified_where_they_are_linears_and_named_where_they_are_not():
-    import warnings
-
+def test_moe_experts_are_sparsified_and_routers_stay_dense(recwarn):
     model = _tiny_mixtral()
     fused = any(p.dim() == 3 for p in model.parameters())  # transformers 5: a block's experts as 3-D tensors
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        mods = spon.sparsify_(model)
-    notices = [str(w.message) for w in caught if str(w.message).startswith("spon: ")]
+    mods = spon.sparsify_(model)
     experts = model.config.num_local_experts
     assert not [n for n, m in mods.items() if m.out_features == experts]  # the routers stay dense
+    # transformers 5: each expert's gate_up and down, views of the 3-D tensors; transformers 4: its w1, w2, w3
+    assert len(mods) == (4 + (2 if fused else 3) * experts) * model.config.num_hidden_layers
     dense, total = spon.dense_block_weights(model, spon.SparsityConfig())
-    assert total == sum(dense.values()) + sum(m.weight.numel() for m in mods.values())
-    if fused:
-        assert len(mods) == 4 * model.config.num_hidden_layers  # q, k, v, o
-        assert len(notices) == 1 and re.search(r"spon: 89% of the decoder blocks' weights stay dense, in modules that "
-                                               r"are not sparse linears \(MixtralExperts.*layers\.\d\.mlp\.experts", notices[0])
-        block = model.model.layers[0].mlp.experts
-        assert dense["model.layers.0.mlp.experts"] == sum(p.numel() for p in block.parameters())
-    else:  # transformers 4: every expert's w1, w2, w3 is an nn.Linear
-        assert len(mods) == (4 + 3 * experts) * model.config.num_hidden_layers
-        assert not notices
+    routers = [n for n, m in model.named_modules() if n.endswith(".gate")]  # `block_sparse_moe.gate` on transformers 4
+    assert set(dense) == set(routers) and len(routers) == model.config.num_hidden_layers
+    assert total == sum(dense.values()) + sum(m.weight.numel() for m in mods.values())  # the rest all sparsified
+    assert not [w for w in recwarn if "spon:" in str(w.message)]
+
+
+class Doubled(nn.Linear):
+    """A layer that is not a plain linear (its forward is not F.linear): sparsify_ leaves it alone."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_weights_left_dense_in_other_modules_are_named_in_one_notice():
+    model = make_model("llama")
+    for layer in model.model.layers:
+        old = layer.mlp.down_proj
+        layer.mlp.down_proj = Doubled(old.in_features, old.out_features, bias=False)
+    with pytest.warns(UserWarning) as caught:
+        mods = spon.sparsify_(model)
+    notices = [str(w.message) for w in caught if str(w.message).startswith("spon: ")]
+    assert len(mods) == 6 * model.config.num_hidden_layers
+    dense, total = spon.dense_block_weights(model, spon.SparsityConfig())
+    assert set(dense) == {f"model.layers.{i}.mlp.down_proj" for i in range(model.config.num_hidden_layers)}
+    share = sum(dense.values()) / total
+    assert len(notices) == 1 and re.search(rf"spon: {share:.0%} of the decoder blocks' weights stay dense, in modules "
+                                           r"that are not sparse linears \(Doubled; e\.g\. model\.layers\.\d\.mlp\.down_proj\)",
+                                           notices[0])
 
 
 def test_no_notice_where_every_block_weight_is_sparsified(arch, recwarn):

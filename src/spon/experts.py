@@ -1,0 +1,148 @@
+"""Fused mixture-of-experts weights as one linear layer per expert projection, so experts are sparsified like any
+other linear.
+
+transformers 5 keeps a block's experts as 3-D tensors (`gate_up_proj` [E, 2I, H] or `up_proj`, and `down_proj`
+[E, H, I]; [E, in, out] where `is_transposed`), in classes marked by `@use_experts_implementation`, whose flags
+describe the layout (`has_gate`, `has_bias`, `is_transposed`, `has_post_expert_norm`). `unfuse_experts_` swaps each
+such module for `ExpertLinears`: per expert, one linear layer per projection whose weight and bias are views of the
+same memory (nothing copied), and the eager loop over the experts the tokens picked, through the original module's
+own gating (`_apply_gate`: the gate/up layout, clamps and all), activation and post-expert norm. transformers 4 needs
+none of this: its experts are `nn.Linear` modules already. `fuse_experts_` puts the original modules back.
+
+One loop iteration per expert hit is data-dependent, so a compiled forward runs the experts outside the graph (a
+graph break per block, `compile_decode_` compiles without fullgraph; their sparse layers take the kernel eagerly).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ExpertLinears", "unfuse_experts_", "fuse_experts_", "is_fused_experts"]
+
+
+def _projections(experts: nn.Module) -> tuple[str, ...]:
+    return ("gate_up_proj" if experts.has_gate else "up_proj", "down_proj")
+
+
+def is_fused_experts(mod: nn.Module) -> bool:
+    """A transformers 5 experts module (`@use_experts_implementation`) whose weights are plain 3-D tensors."""
+    if isinstance(mod, ExpertLinears) or not all(hasattr(mod, f) for f in ("has_gate", "has_bias", "is_transposed")):
+        return False
+    params = [getattr(mod, name, None) for name in _projections(mod)]
+    return all(isinstance(p, nn.Parameter) and p.dim() == 3 and p.is_floating_point() and not p.is_meta for p in params)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> nn.Module:
+    """A linear layer on views of one expert's weight (and bias): `nn.Linear` for [out, in], transformers' `Conv1D`
+    for [in, out] (the layout `SparseLinear` keeps input-major as stored)."""
+    if transposed:
+        from transformers.pytorch_utils import Conv1D
+
+        lin = Conv1D.__new__(Conv1D)
+        nn.Module.__init__(lin)
+        lin.nx, lin.nf = weight.shape
+        if bias is None:  # Conv1D always adds one
+            bias = torch.zeros(lin.nf, dtype=weight.dtype, device=weight.device)
+    else:
+        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    lin.weight = nn.Parameter(weight, requires_grad=False)
+    lin.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+    return lin
+
+
+def _restack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The experts' tensors as one [E, ...] tensor: the memory they are views of where they still lie evenly in it
+    (nothing copied), else a stacked copy (after a `model.to(...)` moved them one by one)."""
+    first = tensors[0]
+    step = tensors[1].storage_offset() - first.storage_offset() if len(tensors) > 1 else first.numel()
+    storage = first.untyped_storage()
+    even = step > 0 and all(
+        t.untyped_storage().data_ptr() == storage.data_ptr() and t.dtype == first.dtype and t.stride() == first.stride()
+        and t.storage_offset() == first.storage_offset() + i * step for i, t in enumerate(tensors))
+    if not even:
+        return torch.stack([t.detach() for t in tensors])
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(
+        storage, first.storage_offset(), (len(tensors), *first.shape), (step, *first.stride()))
+
+
+class ExpertLinears(nn.Module):
+    """A fused experts module as per-expert linear layers (`gate_up_proj.3`, `down_proj.3`, ...), same forward."""
+
+    def __init__(self, fused: nn.Module):
+        super().__init__()
+        self.num_experts = fused.gate_up_proj.shape[0] if fused.has_gate else fused.up_proj.shape[0]
+        self.has_gate, self.has_bias, self.is_transposed = fused.has_gate, fused.has_bias, fused.is_transposed
+        self.has_post_expert_norm = bool(getattr(fused, "has_post_expert_norm", False))
+        for name in _projections(fused):
+            weight = getattr(fused, name).detach()
+            bias = getattr(fused, f"{name}_bias").detach() if fused.has_bias else None
+            self.add_module(name, nn.ModuleList(
+                _linear(weight[e], None if bias is None else bias[e], fused.is_transposed) for e in range(self.num_experts)))
+        if self.has_post_expert_norm:
+            self.post_expert_norm = fused.post_expert_norm
+        self.__dict__["_trainable"] = getattr(fused, _projections(fused)[0]).requires_grad
+        self.__dict__["_fused"] = fused  # not a child: its gating and activation are used, its weights are these views
+        for name in _projections(fused):  # the 3-D parameters leave it (kept alive by the views); `to_fused` rebuilds them
+            for key in (name, f"{name}_bias"):
+                fused._parameters.pop(key, None)
+
+    def to_fused(self) -> nn.Module:
+        """The original experts module, its 3-D parameters rebuilt from these layers' current weights."""
+        fused = self._fused
+        for name in _projections(self):
+            layers = getattr(self, name)
+            setattr(fused, name, nn.Parameter(_restack([lin.weight for lin in layers]), requires_grad=self._trainable))
+            if self.has_bias:
+                setattr(fused, f"{name}_bias",
+                        nn.Parameter(_restack([lin.bias for lin in layers]), requires_grad=self._trainable))
+        if self.has_post_expert_norm:
+            fused.post_expert_norm = self.post_expert_norm
+        return fused
+
+    @torch.compiler.disable  # data-dependent: run eagerly, its sparse layers through their own kernels
+    def forward(self, hidden_states: torch.Tensor, *route, **named) -> torch.Tensor:
+        """hidden_states [..., H]; the routing, by position or name: the experts picked per token [..., k] and their
+        weights [..., k]."""
+        top_k_index, top_k_weights = [*route, *named.values()][:2]
+        x = hidden_states.reshape(-1, hidden_states.shape[-1])
+        index = top_k_index.reshape(x.shape[0], -1)
+        weights = top_k_weights.reshape(x.shape[0], -1)
+        out = torch.zeros_like(x)
+        first, down = getattr(self, _projections(self)[0]), self.down_proj
+        for e in _experts_hit(index, self.num_experts):
+            token, slot = torch.where(index == e)
+            h = first[e](x[token])
+            h = self._fused._apply_gate(h) if self.has_gate else self._fused.act_fn(h)
+            h = down[e](h)
+            if self.has_post_expert_norm:
+                h = self.post_expert_norm(h)
+            out.index_add_(0, token, (h * weights[token, slot, None]).to(out.dtype))
+        return out.reshape(hidden_states.shape)
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, unfused from {type(self._fused).__name__}"
+
+
+def _experts_hit(index: torch.Tensor, num_experts: int) -> list[int]:
+    """The experts some token picked (ids past the last, expert-parallel sentinels, left out)."""
+    return [e for e in torch.unique(index).tolist() if 0 <= e < num_experts]
+
+
+def unfuse_experts_(model: nn.Module) -> dict[str, ExpertLinears]:
+    """Swap every fused experts module of `model` for `ExpertLinears`, in place; returns the new modules by name."""
+    from .sparsify import _set_submodule
+
+    found = [name for name, mod in model.named_modules() if is_fused_experts(mod)]
+    for name in found:
+        _set_submodule(model, name, ExpertLinears(model.get_submodule(name)))
+    return {name: model.get_submodule(name) for name in found}
+
+
+def fuse_experts_(model: nn.Module, names: list[str] | None = None) -> nn.Module:
+    """Put the original fused experts modules back (the inverse of `unfuse_experts_`); names: only these."""
+    from .sparsify import _set_submodule
+
+    for name in [n for n, m in model.named_modules() if isinstance(m, ExpertLinears) and (names is None or n in names)]:
+        _set_submodule(model, name, model.get_submodule(name).to_fused())
+    return model

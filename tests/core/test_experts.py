@@ -1,0 +1,108 @@
+"""Fused experts (transformers 5's 3-D expert tensors) as per-expert linear layers: same numbers, same memory, and back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+import spon
+from conftest import COMMON, random_ids, with_random_alphas
+from spon.experts import ExpertLinears, fuse_experts_, is_fused_experts, unfuse_experts_
+
+MOE = {
+    "mixtral": lambda: T.MixtralForCausalLM(T.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)),
+    "qwen2_moe": lambda: T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2,
+                                                                moe_intermediate_size=32, shared_expert_intermediate_size=64)),
+    # [E, in, out] weights with biases, gate and up interleaved, a clamped gate of its own (`_apply_gate`)
+    "gpt_oss": lambda: T.GptOssForCausalLM(T.GptOssConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2, head_dim=8)),
+}
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = MOE[name]().eval()
+    if not any(is_fused_experts(m) for m in model.modules()):
+        pytest.skip("this transformers keeps no experts as 3-D tensors with layout flags (transformers 4)")
+    with torch.no_grad():  # spread the activations (random init is tiny) so the experts matter in the logits
+        for n, p in model.named_parameters():
+            if p.dim() == 3 or "experts" in n:
+                p.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(MOE))
+def test_unfused_experts_compute_the_same_on_the_same_memory_and_fuse_back(name):
+    model = build(name)
+    ids = random_ids(2, 12, seed=1)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    fused = model.model.layers[0].mlp.experts
+    weights = fused.gate_up_proj
+    unfused = unfuse_experts_(model)
+    assert len(unfused) == model.config.num_hidden_layers
+    layers = model.model.layers[0].mlp.experts
+    assert isinstance(layers, ExpertLinears) and len(layers.gate_up_proj) == len(layers.down_proj) == 4
+    assert layers.gate_up_proj[3].weight.data_ptr() == weights[3].data_ptr()  # a view, not a copy
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
+    fuse_experts_(model)
+    assert model.model.layers[0].mlp.experts is fused
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k, (ptr, value) in before.items():
+        assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k  # the same memory, nothing copied
+
+
+def test_experts_moved_while_unfused_are_stacked_anew():
+    model = build("gpt_oss")
+    unfuse_experts_(model)
+    model.to(torch.bfloat16)  # each view becomes a tensor of its own
+    fuse_experts_(model)
+    experts = model.model.layers[1].mlp.experts
+    assert experts.gate_up_proj.dtype == torch.bfloat16 and experts.gate_up_proj.shape == (4, 32, 2 * 64)
+    assert experts.down_proj_bias.shape == (4, 32)
+    with torch.no_grad():
+        model(input_ids=random_ids(1, 5, seed=2))
+
+
+def test_sparsified_experts_calibrate_save_load_and_unsparsify(tmp_path):
+    model = build("mixtral")
+    cfg = spon.SparsityConfig(sparsity=0.5)
+    mods = spon.sparsify_(model, cfg)
+    assert "model.layers.1.mlp.experts.down_proj.3" in mods
+    spon.calibrate_(model, [random_ids(2, 64, seed=s) for s in range(4)], cfg, progress=False)
+    with torch.no_grad(), spon.measure_sparsity(model) as stats:
+        model(input_ids=random_ids(1, 64, seed=4))
+    assert 0.4 < stats["per_layer"]["model.layers.0.mlp.experts.gate_up_proj.0"] < 0.6
+    with_random_alphas(model)
+    ids = random_ids(1, 10, seed=3)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    spon.save_artifact(model, tmp_path / "art", {"name": "tiny-mixtral"})
+    fresh = build("mixtral")
+    spon.load_artifact(fresh, tmp_path / "art")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(input_ids=ids).logits, ref)
+    spon.unsparsify_(fresh)
+    assert type(fresh.model.layers[0].mlp.experts).__name__ == "MixtralExperts"
+    assert fresh.model.layers[0].mlp.experts.gate_up_proj.shape == (4, 2 * 64, 32)
+
+
+def test_an_artifact_that_does_not_fit_leaves_the_experts_fused(tmp_path):
+    model = build("mixtral")
+    spon.sparsify_(model, spon.SparsityConfig(sparsity=0.5))
+    spon.save_artifact(model, tmp_path / "art", {"name": "tiny-mixtral"})
+    other = build("qwen2_moe")
+    keys = list(other.state_dict())
+    with pytest.raises(spon.SponError, match="does not fit this model"):
+        spon.load_artifact(other, tmp_path / "art")
+    assert list(other.state_dict()) == keys
+
+
+def test_experts_the_config_does_not_select_stay_fused():
+    model = build("qwen2_moe")
+    spon.sparsify_(model, spon.SparsityConfig(include=r"self_attn"))
+    assert not [m for m in model.modules() if isinstance(m, ExpertLinears)]
+    assert model.model.layers[0].mlp.experts.gate_up_proj.dim() == 3
