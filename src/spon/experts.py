@@ -26,9 +26,12 @@ def _projections(experts: nn.Module) -> tuple[str, ...]:
 
 
 def is_fused_experts(mod: nn.Module) -> bool:
-    """A transformers 5 experts module (`@use_experts_implementation`) whose weights are plain 3-D tensors."""
+    """A transformers 5 experts module (`@use_experts_implementation`) whose weights are plain 3-D tensors and whose
+    forward is the decorated dispatch itself."""
     if isinstance(mod, ExpertLinears) or not all(hasattr(mod, f) for f in ("has_gate", "has_bias", "is_transposed")):
         return False
+    if getattr(type(mod).forward, "__wrapped__", None) is None:  # a subclass's own forward around the dispatch (Ergo's
+        return False  # per-route norm): swapping the module would skip it; left dense
     params = [getattr(mod, name, None) for name in _projections(mod)]
     return all(isinstance(p, nn.Parameter) and p.dim() == 3 and p.is_floating_point() and not p.is_meta for p in params)
 

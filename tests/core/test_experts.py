@@ -106,3 +106,16 @@ def test_experts_the_config_does_not_select_stay_fused():
     spon.sparsify_(model, spon.SparsityConfig(include=r"self_attn"))
     assert not [m for m in model.modules() if isinstance(m, ExpertLinears)]
     assert model.model.layers[0].mlp.experts.gate_up_proj.dim() == 3
+
+
+def test_a_subclass_with_its_own_forward_around_the_dispatch_stays_fused():
+    model = build("mixtral")  # as Ergo's experts: a per-route norm around the decorated projection forward
+
+    class Wrapped(type(model.model.layers[0].mlp.experts)):
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return 2 * super().forward(hidden_states, top_k_index, top_k_weights)
+
+    experts = model.model.layers[0].mlp.experts
+    experts.__class__ = Wrapped
+    assert not is_fused_experts(experts) and is_fused_experts(model.model.layers[1].mlp.experts)
+    assert list(unfuse_experts_(model)) == ["model.layers.1.mlp.experts"]
