@@ -111,17 +111,26 @@ class ExpertLinears(nn.Module):
         x = hidden_states.reshape(-1, hidden_states.shape[-1])
         index = top_k_index.reshape(x.shape[0], -1)
         weights = top_k_weights.reshape(x.shape[0], -1)
-        out = torch.zeros_like(x)
         first, down = getattr(self, _projections(self)[0]), self.down_proj
+        if x.shape[0] == 1:  # one token (decoding): its k experts in turn, no gather or scatter
+            out = None
+            for e, w in zip(index[0].tolist(), weights[0]):
+                if 0 <= e < self.num_experts:
+                    h = self._expert(first[e], down[e], x) * w
+                    out = h if out is None else out + h
+            return (torch.zeros_like(x) if out is None else out.to(x.dtype)).reshape(hidden_states.shape)
+        out = torch.zeros_like(x)
         for e in _experts_hit(index, self.num_experts):
             token, slot = torch.where(index == e)
-            h = first[e](x[token])
-            h = self._fused._apply_gate(h) if self.has_gate else self._fused.act_fn(h)
-            h = down[e](h)
-            if self.has_post_expert_norm:
-                h = self.post_expert_norm(h)
+            h = self._expert(first[e], down[e], x[token])
             out.index_add_(0, token, (h * weights[token, slot, None]).to(out.dtype))
         return out.reshape(hidden_states.shape)
+
+    def _expert(self, first: nn.Module, down: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One expert on its tokens: up (and gate), the model's own gating or activation, down, post-expert norm."""
+        h = first(x)
+        h = down(self._fused._apply_gate(h) if self.has_gate else self._fused.act_fn(h))
+        return self.post_expert_norm(h) if self.has_post_expert_norm else h
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, unfused from {type(self._fused).__name__}"

@@ -36,7 +36,7 @@ def test_unfused_experts_compute_the_same_on_the_same_memory_and_fuse_back(name)
     model = build(name)
     ids = random_ids(2, 12, seed=1)
     with torch.no_grad():
-        ref = model(input_ids=ids).logits
+        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits  # one token: its own path
     before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
     fused = model.model.layers[0].mlp.experts
     weights = fused.gate_up_proj
@@ -47,6 +47,7 @@ def test_unfused_experts_compute_the_same_on_the_same_memory_and_fuse_back(name)
     assert layers.gate_up_proj[3].weight.data_ptr() == weights[3].data_ptr()  # a view, not a copy
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(input_ids=ids[:1, :1]).logits, ref_one, atol=1e-5, rtol=1e-5)
     fuse_experts_(model)
     assert model.model.layers[0].mlp.experts is fused
     after = model.state_dict()
