@@ -210,7 +210,9 @@ def measure_sparsity(model: nn.Module) -> Iterator[dict]:
     """Count zeroed input entries while the block runs; the dict is filled on exit.
 
     `weighted` is the fraction of weight columns skipped (each layer's zeros weighted by its out_features),
-    the quantity that sets the ideal decode speed-up; `entries` is the plain fraction of zeroed entries.
+    the quantity that sets the ideal decode speed-up; `entries` is the plain fraction of zeroed entries. `usage`: the
+    share of the tokens that reached each layer (1 for every layer of a dense block; a mixture of experts' expert
+    layers see only the tokens routed to them), relative to the layer that saw the most.
     """
     mods = sparse_modules(model)
     acts = sparse_activations(model)
@@ -227,6 +229,9 @@ def measure_sparsity(model: nn.Module) -> Iterator[dict]:
         result["entries"] = zeros / total if total else 0.0
         result["weighted"] = wz / wt if wt else 0.0
         result["per_layer"] = {n: (m.stats[0] / m.stats[1] if m.stats[1] else 0.0) for n, m in mods.items()}
+        rows = {n: m.stats[1] / m.in_features for n, m in mods.items()}
+        most = max(rows.values(), default=0.0)
+        result["usage"] = {n: r / most if most else 0.0 for n, r in rows.items()}
         if acts:  # CATS: the fraction of MLP activation channels zeroed
             za, ta = sum(a.stats[0] for a in acts.values()), sum(a.stats[1] for a in acts.values())
             result["activations"] = za / ta if ta else 0.0

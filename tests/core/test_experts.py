@@ -120,3 +120,21 @@ def test_a_subclass_with_its_own_forward_around_the_dispatch_stays_fused():
     experts.__class__ = Wrapped
     assert not is_fused_experts(experts) and is_fused_experts(model.model.layers[1].mlp.experts)
     assert list(unfuse_experts_(model)) == ["model.layers.1.mlp.experts"]
+
+
+def test_expert_layers_count_in_the_byte_bound_by_the_share_of_tokens_that_reach_them():
+    from spon.bench.decode import byte_bound
+
+    model = build("mixtral")  # 2 of 4 experts per token
+    spon.sparsify_(model, spon.SparsityConfig(sparsity=0.5))
+    with torch.no_grad(), spon.measure_sparsity(model) as stats:
+        model(input_ids=random_ids(1, 256, seed=6))
+    usage = stats["usage"]
+    assert usage["model.layers.0.self_attn.q_proj"] == 1.0
+    experts = [u for n, u in usage.items() if n.startswith("model.layers.0.mlp.experts.gate_up_proj.")]
+    assert len(experts) == 4 and sum(experts) == pytest.approx(2.0)  # k experts a token
+    # nothing dropped yet: per token the attention (2 x 3,072 weights a block) and two experts (2 x 6,144) are read,
+    # and the 96 x 32 head; at 100% skipped only the head is left
+    attention, two_experts, head = 2 * (32 * 32 + 2 * 32 * 16 + 32 * 32), 2 * 2 * (2 * 64 * 32 + 32 * 64), 96 * 32
+    assert byte_bound(model, 1.0, usage) == pytest.approx((attention + two_experts + head) / head)
+    assert byte_bound(model, 1.0) > byte_bound(model, 1.0, usage)  # without usage every expert would count

@@ -46,13 +46,16 @@ __all__ = ["greedy_decode", "bench_decode", "byte_bound", "round_ratios", "VARIA
 VARIANTS = ("dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense")
 
 
-def byte_bound(model: nn.Module, skipped: float) -> float:
+def byte_bound(model: nn.Module, skipped: float, usage: dict[str, float] | None = None) -> float:
     """Weight bytes a single-token step reads dense over sparse: the speed-up of a step that did nothing but read
     weights at one bandwidth, when `skipped` of the sparse layers' weight columns (weighted, `measure_sparsity`) are
     skipped. The dense output head and any dense linear count in full; attention, norms and the framework add time to
-    both sides, so a measured ratio against an equally efficient dense step stays below this."""
-    mods = {id(m): m for m in sparse_modules(model).values()}
-    sparse = sum(m.in_features * m.out_features for m in mods.values())
+    both sides, so a measured ratio against an equally efficient dense step stays below this. usage: the share of tokens
+    each sparse layer reads its weights for (`measure_sparsity`'s; a mixture of experts' expert reads k/E on
+    average), 1 for a layer it leaves out or without it."""
+    usage = usage or {}
+    mods = {id(m): (n, m) for n, m in sparse_modules(model).items()}
+    sparse = sum(usage.get(n, 1.0) * m.in_features * m.out_features for n, m in mods.values())
     head = model.get_output_embeddings()
     dense = sum(m.in_features * m.out_features for m in model.modules()  # the head (a DecodeHead once prepared) and the rest
                 if (isinstance(m, nn.Linear) or m is head) and id(m) not in mods)
@@ -153,12 +156,12 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
     rate = {k: (new_tokens - 1) / statistics.median(v) for k, v in seconds.items()}
     spread = {k: (max(v) - min(v)) / statistics.median(v) for k, v in seconds.items()}
 
-    measured = {}  # untimed: counting sends every layer through the plain path
+    measured, usage = {}, {}  # untimed: counting sends every layer through the plain path
     for name in ("sparse", "sparse+SPON"):
         model, ctx, _ = contexts[name]
         with ctx(), measure_sparsity(model) as sp:
             greedy_generate(model, prompt, new_tokens, eos_token_id=None)
-        measured[name] = sp["weighted"]
+        measured[name], usage[name] = sp["weighted"], sp["usage"]
 
     def same(a, b):
         n = next((i for i, (x, y) in enumerate(zip(tokens[a], tokens[b])) if x != y), None)
@@ -180,8 +183,9 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
                       if ref in seconds},
         "spon_cost": rate["sparse"] / rate["sparse+SPON"] - 1.0,
         "sparsity_measured": measured,
-        "byte_bound": {k: byte_bound(sparse_model, v) for k, v in measured.items()},
-        "byte_bound_note": "weight bytes per token, dense over sparse at the measured sparsity (dense head included): the "
+        "byte_bound": {k: byte_bound(sparse_model, v, usage[k]) for k, v in measured.items()},
+        "byte_bound_note": "weight bytes per token, dense over sparse at the measured sparsity (dense head included; each "
+                           "sparse layer's bytes times the share of tokens that reached it, k/E for experts): the "
                            "speed-up over an equally efficient dense step if reading weights were all a step did",
         "sparsity_measured_note": "weight columns skipped, prompt and generated tokens of one eager run (SPON's "
                                   "vectors restore activations, so more entries pass the same thresholds)",
