@@ -4,8 +4,9 @@ average, chosen to keep each decoder block's output close to the dense one.
 For each block, from all-dense, repeatedly raise one projection's sparsity by a step scaled by its size
 (so the block's parameter-weighted average rises by the same amount whichever is chosen), keeping the
 move that least increases the block's relative output error on calibration activations; stop at the
-target average. Weights come from the module shapes (out x in), thresholds from the same streamed
-samples of the dense inputs as `calibrate_`. The result is written into the config as exact per-module
+target average. Weights come from the module shapes (out x in) times the share of tokens that reach the module (a
+mixture of experts' expert: about k/E; an expert no calibration token reached gets the target), thresholds from the
+same streamed samples of the dense inputs as `calibrate_`. The result is written into the config as exact per-module
 overrides, so artifacts carry it. A module the user's overrides name keeps its sparsity (pinned); the others of its
 block are allocated to the target around it (the output head with `sparsify_head` is a block of its own).
 """
@@ -27,6 +28,14 @@ from .selection import order_statistic
 __all__ = ["greedy_allocate_", "block_of"]
 
 MAX_LAYER_SPARSITY = 0.99
+
+
+def _usage(reservoirs: dict, mods: dict) -> dict[str, float]:
+    """The share of the calibration tokens that reached each layer (input rows seen, over the most any layer saw): 1
+    throughout a dense block; about k/E for a mixture of experts' expert layers."""
+    rows = {n: r.seen / mods[n].in_features for n, r in reservoirs.items()}
+    most = max(rows.values(), default=0.0)
+    return {n: r / most if most else 1.0 for n, r in rows.items()}
 
 
 def block_of(name: str) -> str | None:
@@ -56,6 +65,7 @@ def greedy_allocate_(
     reservoirs = sample_scores(model, batches, config, mods, seed=seed, samples_per_layer=samples_per_layer,
                                progress=progress, desc="allocation: input samples")
     samples = {n: r.values.sort().values for n, r in reservoirs.items()}
+    usage = _usage(reservoirs, mods)
 
     groups: dict[str, list[str]] = {}
     for n in mods:
@@ -83,12 +93,15 @@ def greedy_allocate_(
     pinned = {n: v for n in mods if (v := config.override_for(n)) is not None}
     chosen: dict[str, float] = dict(pinned)
     for block, names in tqdm(groups.items(), desc="allocation: blocks", disable=not progress):
-        free = [n for n in names if n not in pinned]
+        unreached = [n for n in names if n not in pinned and usage[n] == 0.0]  # experts no calibration token picked
+        chosen.update({n: config.sparsity_for(n) for n in unreached})
+        free = [n for n in names if n not in pinned and n not in unreached]
         if not free:
             continue
         args, kwargs, ref = captured[block]
         sub = model.get_submodule(block)
-        size = {n: mods[n].out_features * mods[n].in_features for n in free}
+        size = {n: usage[n] * mods[n].out_features * mods[n].in_features for n in free}  # weights read per token
+        levels = {n: chosen[n] for n in unreached}
         total = sum(size.values())
 
         def error(levels: dict[str, float]) -> float:
@@ -98,7 +111,7 @@ def greedy_allocate_(
             out = out[0] if isinstance(out, tuple) else out
             return float((out.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30))
 
-        levels, avg = {n: pinned.get(n, 0.0) for n in names}, 0.0
+        levels, avg = {n: pinned.get(n, levels.get(n, 0.0)) for n in names}, 0.0
         target = config.sparsity
         while avg < target - 1e-9:
             inc = min(step, target - avg)
