@@ -26,10 +26,21 @@ from .selection import sparsified_positions, threshold_from_samples
 __all__ = ["calibrate_", "sample_scores", "SAMPLES_PER_LAYER"]
 
 SAMPLES_PER_LAYER = 262144  # |x| values kept per layer: quantile error ~ sqrt(s(1-s)/n) < 1e-3
+MIN_EXPERT_SAMPLES = 16384  # an expert layer's floor: quantile error ~ sqrt(s(1-s)/n) < 4e-3
 
 
 def _batch_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
+
+
+def _capacities(model: nn.Module, mods: dict, samples_per_layer: int) -> dict[str, int]:
+    """Each layer's reservoir size: `samples_per_layer`, or for a mixture of experts' expert layer its k/E share of it
+    (at least MIN_EXPERT_SAMPLES): an expert sees that share of the tokens, and a model with thousands of expert layers
+    (Qwen3-30B-A3B: 12,288) would otherwise keep up to 2 MiB each, ~24 GiB, where this keeps what k dense layers keep."""
+    from .experts import expert_shares
+
+    shares = expert_shares(model)
+    return {n: min(samples_per_layer, max(MIN_EXPERT_SAMPLES, round(samples_per_layer * shares.get(n, 1.0)))) for n in mods}
 
 
 @torch.no_grad()
@@ -45,7 +56,8 @@ def sample_scores(
     positions `config.tokens` sparsifies. Keys are seeded per batch index; under torch.distributed each
     process takes every world_size-th batch and the samples are merged, equal to one process's.
     """
-    reservoirs = {name: Reservoir(samples_per_layer) for name in mods}
+    capacity = _capacities(model, mods, samples_per_layer)
+    reservoirs = {name: Reservoir(capacity[name]) for name in mods}
     gen = torch.Generator()
     tokens = "all" if config.tokens == "decode" else config.tokens
     world, me = dd.world_size(), dd.rank()
@@ -66,7 +78,7 @@ def sample_scores(
         collect_inputs(model, mine(), record, desc=desc, progress=progress and dd.is_main(), modules=mods, total=total)
     if world > 1:
         for name, res in reservoirs.items():
-            merged = Reservoir(samples_per_layer)
+            merged = Reservoir(capacity[name])
             for values, keys in zip(dd.all_gather_variable(res.values), dd.all_gather_variable(res.keys)):
                 merged._merge(values, keys)
             reservoirs[name] = merged

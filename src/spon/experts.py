@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ExpertLinears", "unfuse_experts_", "fuse_experts_", "is_fused_experts"]
+__all__ = ["ExpertLinears", "unfuse_experts_", "fuse_experts_", "is_fused_experts", "expert_shares"]
+
+PER_TOKEN = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k")  # config names of k
 
 
 def _projections(experts: nn.Module) -> tuple[str, ...]:
@@ -158,3 +160,18 @@ def fuse_experts_(model: nn.Module, names: list[str] | None = None) -> nn.Module
     for name in [n for n, m in model.named_modules() if isinstance(m, ExpertLinears) and (names is None or n in names)]:
         _set_submodule(model, name, model.get_submodule(name).to_fused())
     return model
+
+
+def expert_shares(model: nn.Module) -> dict[str, float]:
+    """k/E, the share of tokens an expert sees on average, for every layer inside an `ExpertLinears`, by qualified name
+    (k from the model config's experts-per-token, E the module's expert count; layers not inside one are absent)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    k = next((v for key in PER_TOKEN if isinstance(v := getattr(config, key, None), int) and v > 0), None)
+    shares = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, ExpertLinears):
+            share = min(1.0, (k or mod.num_experts) / mod.num_experts)
+            shares.update({f"{name}.{proj}.{e}": share for proj in _projections(mod) for e in range(mod.num_experts)})
+    return shares
+

@@ -13,7 +13,7 @@ from torch import nn
 from .config import SparsityConfig
 from .decode_head import DecodeHead
 from .errors import SponError
-from .experts import fuse_experts_, unfuse_experts_
+from .experts import expert_shares, fuse_experts_, unfuse_experts_
 from .sparse_activation import MLP_ACTIVATION, SparseActivation
 from .sparse_linear import SelectionRule, SparseLinear, is_linear, linear_shape
 
@@ -25,10 +25,12 @@ __all__ = [
 def target_linears(model: nn.Module, config: SparsityConfig) -> dict[str, nn.Module]:
     """The linear modules (`nn.Linear`, or GPT-2's `Conv1D`) that `config` selects, by qualified name (decoder-block linears by default)."""
     include, exclude = re.compile(config.include), re.compile(config.exclude)
+    experts = expert_shares(model)  # unfused experts' layers: experts by construction, whatever their shape
     found = {
         name: mod
         for name, mod in model.named_modules()
-        if is_linear(mod) and include.search(name) and not exclude.search(name) and not is_router(mod, model)
+        if is_linear(mod) and include.search(name) and not exclude.search(name)
+        and (name in experts or not is_router(mod, model))
     }
     if config.sparsify_head:  # found by role, not by name: lm_head, embed_out, ...
         head = output_head(model)

@@ -162,3 +162,22 @@ def test_greedy_allocation_weighs_experts_by_the_tokens_that_reach_them():
     with torch.no_grad(), spon.measure_sparsity(model) as stats:
         model(input_ids=random_ids(1, 256, seed=9))
     assert abs(stats["weighted"] - 0.5) < 0.03
+
+
+def test_expert_layers_keep_a_k_over_e_share_of_the_calibration_sample_and_are_never_routers():
+    from spon.calibrate import MIN_EXPERT_SAMPLES, SAMPLES_PER_LAYER, _capacities
+
+    torch.manual_seed(0)  # 64 experts whose gate_up has 64 outputs: the router's shape, yet experts
+    model = T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**COMMON, num_experts=64, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                   shared_expert_intermediate_size=48)).eval()
+    if not any(is_fused_experts(m) for m in model.modules()):
+        pytest.skip("this transformers keeps no experts as 3-D tensors with layout flags (transformers 4)")
+    mods = spon.sparsify_(model)
+    assert len(mods) == 2 * (4 + 2 * 64 + 3)  # attention, every expert's two layers, the shared expert's three
+    capacity = _capacities(model, mods, SAMPLES_PER_LAYER)
+    assert capacity["model.layers.0.self_attn.q_proj"] == SAMPLES_PER_LAYER
+    assert capacity["model.layers.1.mlp.experts.down_proj.63"] == MIN_EXPERT_SAMPLES  # 2/64 of 262,144 is 8,192
+    assert set(_capacities(model, mods, 1000).values()) == {1000}
+    small = build("mixtral")  # 2 of 4 experts: half the sample
+    capacity = _capacities(small, spon.sparsify_(small), SAMPLES_PER_LAYER)
+    assert capacity["model.layers.0.mlp.experts.gate_up_proj.1"] == SAMPLES_PER_LAYER // 2
