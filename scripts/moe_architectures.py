@@ -24,7 +24,10 @@ SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key
              v_head_dim=16, decoder_sparse_step=1, mlp_only_layers=[], moe_layer_freq=1)
 EXTRA = {"flex_olmo": dict(pad_token_id=0), "qwen3_next": dict(num_hidden_layers=4), "dots1": dict(n_shared_experts=1),
          "jamba": dict(num_hidden_layers=8, pad_token_id=0),
-         "lfm2_moe": dict(num_dense_layers=0, layer_types=["full_attention", "full_attention"])}
+         "lfm2_moe": dict(num_dense_layers=0, layer_types=["full_attention", "full_attention"]),
+         **{t: dict(head_dim=8) for t in ("deepseek_v3", "deepseek_v32", "longcat_flash", "glm4_moe_lite", "glm_moe_dsa",
+                                          "axk1", "axk2")},  # multi-head latent attention: head_dim is the rope part
+         **{t: dict(pad_token_id=0) for t in ("bailing_hybrid", "hy_v4", "kimi_linear")}}
 
 
 def fused_types() -> list[str]:
