@@ -101,7 +101,6 @@ def greedy_allocate_(
         args, kwargs, ref = captured[block]
         sub = model.get_submodule(block)
         size = {n: usage[n] * mods[n].out_features * mods[n].in_features for n in free}  # weights read per token
-        levels = {n: chosen[n] for n in unreached}
         total = sum(size.values())
 
         def error(levels: dict[str, float]) -> float:
@@ -111,7 +110,7 @@ def greedy_allocate_(
             out = out[0] if isinstance(out, tuple) else out
             return float((out.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-30))
 
-        levels, avg = {n: pinned.get(n, levels.get(n, 0.0)) for n in names}, 0.0
+        levels, avg = {n: chosen.get(n, 0.0) for n in names}, 0.0  # pinned and unreached as chosen, the rest dense
         target = config.sparsity
         while avg < target - 1e-9:
             inc = min(step, target - avg)

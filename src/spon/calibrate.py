@@ -17,6 +17,7 @@ from torch import nn
 from . import distributed as dd
 from .config import SparsityConfig
 from .errors import SponError
+from .experts import expert_shares
 from .hooks import collect_inputs
 from .reservoir import Reservoir
 from .sparse_activation import SparseActivation
@@ -37,8 +38,6 @@ def _capacities(model: nn.Module, mods: dict, samples_per_layer: int) -> dict[st
     """Each layer's reservoir size: `samples_per_layer`, or for a mixture of experts' expert layer its k/E share of it
     (at least MIN_EXPERT_SAMPLES): an expert sees that share of the tokens, and a model with thousands of expert layers
     (Qwen3-30B-A3B: 12,288) would otherwise keep up to 2 MiB each, ~24 GiB, where this keeps what k dense layers keep."""
-    from .experts import expert_shares
-
     shares = expert_shares(model)
     return {n: min(samples_per_layer, max(MIN_EXPERT_SAMPLES, round(samples_per_layer * shares.get(n, 1.0)))) for n in mods}
 

@@ -76,7 +76,8 @@ class ExpertLinears(nn.Module):
 
     def __init__(self, fused: nn.Module):
         super().__init__()
-        self.num_experts = fused.gate_up_proj.shape[0] if fused.has_gate else fused.up_proj.shape[0]
+        first = getattr(fused, _projections(fused)[0])
+        self.num_experts = first.shape[0]
         self.has_gate, self.has_bias, self.is_transposed = fused.has_gate, fused.has_bias, fused.is_transposed
         self.has_post_expert_norm = bool(getattr(fused, "has_post_expert_norm", False))
         for name in _projections(fused):
@@ -86,7 +87,7 @@ class ExpertLinears(nn.Module):
                 _linear(weight[e], None if bias is None else bias[e], fused.is_transposed) for e in range(self.num_experts)))
         if self.has_post_expert_norm:
             self.post_expert_norm = fused.post_expert_norm
-        self.__dict__["_trainable"] = getattr(fused, _projections(fused)[0]).requires_grad
+        self.__dict__["_trainable"] = first.requires_grad
         self.__dict__["_fused"] = fused  # not a child: its gating and activation are used, its weights are these views
         for name in _projections(fused):  # the 3-D parameters leave it (kept alive by the views); `to_fused` rebuilds them
             for key in (name, f"{name}_bias"):
