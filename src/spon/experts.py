@@ -9,6 +9,13 @@ same memory (nothing copied), and the eager loop over the experts the tokens pic
 own gating (`_apply_gate`: the gate/up layout, clamps and all), activation and post-expert norm. transformers 4 needs
 none of this: its experts are `nn.Linear` modules already. `fuse_experts_` puts the original modules back.
 
+Llama 4 keeps its experts the older way, in a module without flags (`Llama4TextExperts`: `gate_up_proj` [E, H, 2I],
+`down_proj` [E, I, H], a forward over [E * T, H] rows, every expert given every token, scaled by its routing score,
+zero where the token went elsewhere). Such "batched" experts are recognised by a probe, not by class: a module with
+exactly these two 3-D parameters and an `act_fn` whose forward on random rows equals the per-expert computation
+(gate first, `up * act_fn(gate)`). `ExpertLinears` then runs only the rows that are not all zero, each expert on the
+tokens routed to it (a zero row's output is zero, as in the original, where experts carry no bias).
+
 One loop iteration per expert hit is data-dependent, so a compiled forward runs the experts outside the graph (a
 graph break per block, `compile_decode_` compiles without fullgraph; their sparse layers take the kernel eagerly).
 """
@@ -24,18 +31,53 @@ PER_TOKEN = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k"
 
 
 def _projections(experts: nn.Module) -> tuple[str, ...]:
-    return ("gate_up_proj" if experts.has_gate else "up_proj", "down_proj")
+    return ("gate_up_proj" if getattr(experts, "has_gate", True) else "up_proj", "down_proj")
+
+
+def _plain_3d(p) -> bool:
+    return isinstance(p, nn.Parameter) and p.dim() == 3 and p.is_floating_point() and not p.is_meta
 
 
 def is_fused_experts(mod: nn.Module) -> bool:
     """A transformers 5 experts module (`@use_experts_implementation`) whose weights are plain 3-D tensors and whose
-    forward is the decorated dispatch itself."""
-    if isinstance(mod, ExpertLinears) or not all(hasattr(mod, f) for f in ("has_gate", "has_bias", "is_transposed")):
+    forward is the decorated dispatch itself; or batched experts (`is_batched_experts`)."""
+    if isinstance(mod, ExpertLinears):
         return False
+    if not all(hasattr(mod, f) for f in ("has_gate", "has_bias", "is_transposed")):
+        return is_batched_experts(mod)
     if getattr(type(mod).forward, "__wrapped__", None) is None:  # a subclass's own forward around the dispatch (Ergo's
         return False  # per-route norm): swapping the module would skip it; left dense
-    params = [getattr(mod, name, None) for name in _projections(mod)]
-    return all(isinstance(p, nn.Parameter) and p.dim() == 3 and p.is_floating_point() and not p.is_meta for p in params)
+    return all(_plain_3d(getattr(mod, name, None)) for name in _projections(mod))
+
+
+def is_batched_experts(mod: nn.Module) -> bool:
+    """Llama 4's layout (module docstring): parameters exactly `gate_up_proj` [E, H, 2I] and `down_proj` [E, I, H], an
+    `act_fn`, and a forward over [E * T, H] rows that a probe (two random rows per expert, one of them zero) shows to
+    be the per-expert computation. The probe's verdict is kept on the module."""
+    verdict = mod.__dict__.get("_spon_batched")
+    if verdict is not None:
+        return verdict
+    gate_up, down = getattr(mod, "gate_up_proj", None), getattr(mod, "down_proj", None)
+    verdict = (set(dict(mod.named_parameters())) == {"gate_up_proj", "down_proj"} and _plain_3d(gate_up)
+               and _plain_3d(down) and callable(getattr(mod, "act_fn", None)) and gate_up.shape[0] == down.shape[0]
+               and gate_up.shape[2] == 2 * down.shape[1] and gate_up.shape[1] == down.shape[2] and _probe(mod))
+    mod.__dict__["_spon_batched"] = verdict
+    return verdict
+
+
+@torch.no_grad()
+def _probe(mod: nn.Module) -> bool:
+    gate_up, down = mod.gate_up_proj, mod.down_proj
+    n, h = gate_up.shape[0], gate_up.shape[1]
+    x = torch.randn(n, 2, h, generator=torch.Generator().manual_seed(0)).to(gate_up)
+    x[:, 1] = 0  # a token routed elsewhere
+    try:
+        out = mod(x.reshape(-1, h))
+    except Exception:  # noqa: BLE001  another calling convention: not this layout
+        return False
+    gate, up = torch.bmm(x, gate_up).chunk(2, dim=-1)
+    ref = torch.bmm(up * mod.act_fn(gate), down).reshape(-1, h)
+    return tuple(out.shape) == tuple(ref.shape) and torch.allclose(out, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> nn.Module:
@@ -78,13 +120,17 @@ class ExpertLinears(nn.Module):
         super().__init__()
         first = getattr(fused, _projections(fused)[0])
         self.num_experts = first.shape[0]
-        self.has_gate, self.has_bias, self.is_transposed = fused.has_gate, fused.has_bias, fused.is_transposed
+        self.batched = not hasattr(fused, "has_gate")  # Llama 4's layout (`is_batched_experts`)
+        if self.batched:
+            self.has_gate, self.has_bias, self.is_transposed = True, False, True
+        else:
+            self.has_gate, self.has_bias, self.is_transposed = fused.has_gate, fused.has_bias, fused.is_transposed
         self.has_post_expert_norm = bool(getattr(fused, "has_post_expert_norm", False))
         for name in _projections(fused):
             weight = getattr(fused, name).detach()
-            bias = getattr(fused, f"{name}_bias").detach() if fused.has_bias else None
+            bias = getattr(fused, f"{name}_bias").detach() if self.has_bias else None
             self.add_module(name, nn.ModuleList(
-                _linear(weight[e], None if bias is None else bias[e], fused.is_transposed) for e in range(self.num_experts)))
+                _linear(weight[e], None if bias is None else bias[e], self.is_transposed) for e in range(self.num_experts)))
         if self.has_post_expert_norm:
             self.post_expert_norm = fused.post_expert_norm
         self.__dict__["_trainable"] = first.requires_grad
@@ -110,6 +156,8 @@ class ExpertLinears(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *route, **named) -> torch.Tensor:
         """hidden_states [..., H]; the routing, by position or name: the experts picked per token [..., k] and their
         weights [..., k]."""
+        if self.batched:
+            return self._batched(hidden_states)
         top_k_index, top_k_weights = [*route, *named.values()][:2]
         x = hidden_states.reshape(-1, hidden_states.shape[-1])
         index = top_k_index.reshape(x.shape[0], -1)
@@ -129,9 +177,24 @@ class ExpertLinears(nn.Module):
             out.index_add_(0, token, (h * weights[token, slot, None]).to(out.dtype))
         return out.reshape(hidden_states.shape)
 
+    def _batched(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Llama 4's convention: [E * T, H] rows, expert-major, a token's row zero where it went to another expert."""
+        x = hidden_states.reshape(self.num_experts, -1, hidden_states.shape[-1])
+        out = torch.zeros_like(x)
+        for e in range(self.num_experts):
+            token = x[e].any(-1).nonzero().squeeze(1)
+            if token.numel() == x.shape[1]:
+                out[e] = self._expert(self.gate_up_proj[e], self.down_proj[e], x[e]).to(out.dtype)
+            elif token.numel():
+                out[e, token] = self._expert(self.gate_up_proj[e], self.down_proj[e], x[e, token]).to(out.dtype)
+        return out.reshape(hidden_states.shape)
+
     def _expert(self, first: nn.Module, down: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """One expert on its tokens: up (and gate), the model's own gating or activation, down, post-expert norm."""
         h = first(x)
+        if self.batched:
+            gate, up = h.chunk(2, dim=-1)
+            return down(up * self._fused.act_fn(gate))
         h = down(self._fused._apply_gate(h) if self.has_gate else self._fused.act_fn(h))
         return self.post_expert_norm(h) if self.has_post_expert_norm else h
 

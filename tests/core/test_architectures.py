@@ -3,7 +3,8 @@ calibrate, a few training steps, fold, then decode eager and compiled. Each mode
 
 Fused projections (Phi-3's qkv_proj / gate_up_proj, GPT-NeoX's query_key_value), other layer names (OPT's fc1/fc2,
 Bloom's dense_h_to_4h), q/k norms (Qwen3, OLMo2), parallel blocks (GPT-J, Cohere) and mixtures of experts (Mixtral,
-Qwen2-MoE, GPT-OSS: transformers 5 keeps experts as 3-D tensors, unfused into per-expert linears by `spon.experts`;
+Qwen2-MoE, GPT-OSS, Llama 4: transformers 5 keeps experts as 3-D tensors, unfused into per-expert linears by
+`spon.experts`, as are Llama 4's on transformers 4 and 5;
 transformers 4's GPT-OSS experts have no layout flags and stay dense, named in a notice) all go through the same
 module swap, with no code of their own. Compiled steps are checked against masked-dense steps compiled the
 same way (tests/kernels/test_compile.py does eager against compiled on the main six)."""
@@ -43,8 +44,12 @@ MORE = {
                                                                  shared_expert_intermediate_size=64)), 7),
     "gpt_oss": (lambda: T.GptOssForCausalLM(T.GptOssConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2,
                                                            head_dim=8)), 4),
+    # experts without layout flags, every expert given every token (zero where routed elsewhere): unfused by a probe
+    "llama4": (lambda: T.Llama4ForCausalLM(T.Llama4TextConfig(**COMMON, num_local_experts=4, num_experts_per_tok=1,
+                                                              head_dim=8, intermediate_size_mlp=64,
+                                                              interleave_moe_layer_step=1)), 7),
 }
-MOE = {"mixtral", "qwen2_moe", "gpt_oss"}
+MOE = {"mixtral", "qwen2_moe", "gpt_oss", "llama4"}
 pytestmark = [needs_cc]  # decoding through the kernels
 
 

@@ -181,3 +181,78 @@ def test_expert_layers_keep_a_k_over_e_share_of_the_calibration_sample_and_are_n
     small = build("mixtral")  # 2 of 4 experts: half the sample
     capacity = _capacities(small, spon.sparsify_(small), SAMPLES_PER_LAYER)
     assert capacity["model.layers.0.mlp.experts.gate_up_proj.1"] == SAMPLES_PER_LAYER // 2
+
+
+def llama4() -> torch.nn.Module:
+    """Llama 4's experts: a module without layout flags, [E * T, H] rows, every expert given every token scaled by its
+    routing score (zero where the token went elsewhere); on transformers 4 and 5 alike."""
+    torch.manual_seed(0)
+    model = T.Llama4ForCausalLM(T.Llama4TextConfig(**COMMON, num_local_experts=4, num_experts_per_tok=1, head_dim=8,
+                                                   intermediate_size_mlp=64, interleave_moe_layer_step=1)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 3:
+                p.normal_(0, 0.2)
+    return model
+
+
+def test_llama4_batched_experts_unfuse_by_probe_compute_the_same_and_fuse_back():
+    model = llama4()
+    ids = random_ids(2, 12, seed=1)
+    with torch.no_grad():
+        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    fused = model.model.layers[0].feed_forward.experts
+    weights = fused.gate_up_proj
+    assert is_fused_experts(fused)  # by the probe: no flags, no class name
+    unfuse_experts_(model)
+    layers = model.model.layers[0].feed_forward.experts
+    assert isinstance(layers, ExpertLinears) and layers.batched and len(layers.gate_up_proj) == 4
+    assert layers.gate_up_proj[2].weight.data_ptr() == weights[2].data_ptr()  # a view, not a copy
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(input_ids=ids[:1, :1]).logits, ref_one, atol=1e-5, rtol=1e-5)
+    fuse_experts_(model)
+    assert model.model.layers[0].feed_forward.experts is fused
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k, (ptr, value) in before.items():
+        assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k
+
+
+def test_llama4_tokens_routed_elsewhere_get_nothing_from_an_expert_even_with_folded_vectors():
+    model = llama4()
+    cfg = spon.SparsityConfig(sparsity=0.5)
+    mods = spon.sparsify_(model, cfg)
+    assert "model.layers.1.feed_forward.experts.down_proj.3" in mods
+    spon.calibrate_(model, [random_ids(2, 64, seed=s) for s in range(4)], cfg, progress=False)
+    with torch.no_grad(), spon.measure_sparsity(model) as stats:
+        model(input_ids=random_ids(1, 64, seed=4))
+    assert stats["usage"]["model.layers.0.feed_forward.experts.gate_up_proj.0"] < 1  # only its routed tokens reach it
+    with_random_alphas(model)
+    spon.fold_(model)  # every expert layer now has a bias W alpha: a zero row would give a non-zero output
+    experts = model.model.layers[0].feed_forward.experts
+    x = torch.randn(4, 3, 32)
+    x[:, 1] = 0  # token 1 routed to no expert
+    x[2] = 0  # expert 2 given no token
+    with torch.no_grad():
+        out = experts(x.reshape(-1, 32)).reshape(4, 3, 32)
+        assert torch.equal(out[:, 1], torch.zeros(4, 32)) and torch.equal(out[2], torch.zeros(3, 32))
+        gu, down = experts.gate_up_proj[0], experts.down_proj[0]
+        gate, up = gu(x[0, [0, 2]]).chunk(2, dim=-1)
+        torch.testing.assert_close(out[0, [0, 2]], down(up * experts._fused.act_fn(gate)))  # routed rows: the expert
+
+
+def test_experts_without_flags_whose_forward_is_another_stay_dense():
+    model = llama4()
+
+    class Doubled(type(model.model.layers[0].feed_forward.experts)):
+        def forward(self, hidden_states):
+            return 2 * super().forward(hidden_states)
+
+    for layer in model.model.layers:
+        layer.feed_forward.experts.__class__ = Doubled
+    assert not is_fused_experts(model.model.layers[0].feed_forward.experts)  # the probe tells it apart
+    with pytest.warns(UserWarning, match="stay dense"):
+        mods = spon.sparsify_(model, spon.SparsityConfig(sparsity=0.5))
+    assert not any(".experts." in n for n in mods)
