@@ -16,6 +16,10 @@ exactly these two 3-D parameters and an `act_fn` whose forward on random rows eq
 (gate first, `up * act_fn(gate)`). `ExpertLinears` then runs only the rows that are not all zero, each expert on the
 tokens routed to it (a zero row's output is zero, as in the original, where experts carry no bias).
 
+JetMoE keeps one projection's experts as one 3-D `weight` [E, out, in] applied to rows that come split by count
+(`JetMoeParallelExperts`: forward(rows, counts), rows grouped by expert); found by a probe too, such a module becomes
+one `nn.Linear` per expert (`input_linear.expert.3`) applied to its share of the rows.
+
 One loop iteration per expert hit is data-dependent, so a compiled forward runs the experts outside the graph (a
 graph break per block, `compile_decode_` compiles without fullgraph; their sparse layers take the kernel eagerly).
 """
@@ -25,12 +29,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ExpertLinears", "unfuse_experts_", "fuse_experts_", "is_fused_experts", "expert_shares"]
+__all__ = ["ExpertLinears", "unfuse_experts_", "fuse_experts_", "is_fused_experts", "is_batched_experts", "is_split_experts",
+           "expert_shares"]
 
 PER_TOKEN = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k")  # config names of k
 
 
 def _projections(experts: nn.Module) -> tuple[str, ...]:
+    """The per-expert layer lists' names (for a fused module: its 3-D parameters' names; a split module's `weight`
+    becomes the list `expert`)."""
+    if getattr(experts, "kind", None) == "split":
+        return ("expert",)
     return ("gate_up_proj" if getattr(experts, "has_gate", True) else "up_proj", "down_proj")
 
 
@@ -44,7 +53,7 @@ def is_fused_experts(mod: nn.Module) -> bool:
     if isinstance(mod, ExpertLinears):
         return False
     if not all(hasattr(mod, f) for f in ("has_gate", "has_bias", "is_transposed")):
-        return is_batched_experts(mod)
+        return is_batched_experts(mod) or is_split_experts(mod)
     if getattr(type(mod).forward, "__wrapped__", None) is None:  # a subclass's own forward around the dispatch (Ergo's
         return False  # per-route norm): swapping the module would skip it; left dense
     return all(_plain_3d(getattr(mod, name, None)) for name in _projections(mod))
@@ -54,15 +63,37 @@ def is_batched_experts(mod: nn.Module) -> bool:
     """Llama 4's layout (module docstring): parameters exactly `gate_up_proj` [E, H, 2I] and `down_proj` [E, I, H], an
     `act_fn`, and a forward over [E * T, H] rows that a probe (two random rows per expert, one of them zero) shows to
     be the per-expert computation. The probe's verdict is kept on the module."""
-    verdict = mod.__dict__.get("_spon_batched")
-    if verdict is not None:
-        return verdict
-    gate_up, down = getattr(mod, "gate_up_proj", None), getattr(mod, "down_proj", None)
-    verdict = (set(dict(mod.named_parameters())) == {"gate_up_proj", "down_proj"} and _plain_3d(gate_up)
-               and _plain_3d(down) and callable(getattr(mod, "act_fn", None)) and gate_up.shape[0] == down.shape[0]
-               and gate_up.shape[2] == 2 * down.shape[1] and gate_up.shape[1] == down.shape[2] and _probe(mod))
-    mod.__dict__["_spon_batched"] = verdict
-    return verdict
+    gate_up, down = mod._parameters.get("gate_up_proj"), mod._parameters.get("down_proj")
+    if not (set(dict(mod.named_parameters())) == {"gate_up_proj", "down_proj"} and _plain_3d(gate_up)
+            and _plain_3d(down) and callable(getattr(mod, "act_fn", None)) and gate_up.shape[0] == down.shape[0]
+            and gate_up.shape[2] == 2 * down.shape[1] and gate_up.shape[1] == down.shape[2]):
+        return False
+    if "_spon_batched" not in mod.__dict__:
+        mod.__dict__["_spon_batched"] = _probe(mod)
+    return mod.__dict__["_spon_batched"]
+
+
+def is_split_experts(mod: nn.Module) -> bool:
+    """JetMoE's layout (module docstring): one parameter, `weight` [E, out, in], and a forward(rows, counts) that a
+    probe shows to be each expert's `F.linear` on its consecutive share of the rows. The verdict is kept on the module."""
+    if not (set(dict(mod.named_parameters())) == {"weight"} and _plain_3d(mod._parameters["weight"])):
+        return False
+    if "_spon_split" not in mod.__dict__:
+        mod.__dict__["_spon_split"] = _probe_split(mod)
+    return mod.__dict__["_spon_split"]
+
+
+@torch.no_grad()
+def _probe_split(mod: nn.Module) -> bool:
+    n, _, width = mod.weight.shape
+    counts = [(e % 3) for e in range(n)]  # 0, 1 or 2 rows an expert
+    x = torch.randn(sum(counts), width, generator=torch.Generator().manual_seed(0)).to(mod.weight)
+    try:
+        out = mod(x, counts)
+    except Exception:  # noqa: BLE001  another calling convention: not this layout
+        return False
+    ref = torch.cat([torch.nn.functional.linear(part, mod.weight[e]) for e, part in enumerate(x.split(counts))])
+    return tuple(out.shape) == tuple(ref.shape) and torch.allclose(out, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6)
 
 
 @torch.no_grad()
@@ -118,35 +149,41 @@ class ExpertLinears(nn.Module):
 
     def __init__(self, fused: nn.Module):
         super().__init__()
-        first = getattr(fused, _projections(fused)[0])
+        # "flags": transformers 5's layout flags; "batched": Llama 4's; "split": JetMoE's (module docstring)
+        self.kind = "flags" if hasattr(fused, "has_gate") else "split" if is_split_experts(fused) else "batched"
+        first = getattr(fused, self._sources(fused)[0])
         self.num_experts = first.shape[0]
-        self.batched = not hasattr(fused, "has_gate")  # Llama 4's layout (`is_batched_experts`)
-        if self.batched:
-            self.has_gate, self.has_bias, self.is_transposed = True, False, True
-        else:
+        self.batched = self.kind == "batched"
+        if self.kind == "flags":
             self.has_gate, self.has_bias, self.is_transposed = fused.has_gate, fused.has_bias, fused.is_transposed
+        else:
+            self.has_gate, self.has_bias, self.is_transposed = self.batched, False, self.batched
         self.has_post_expert_norm = bool(getattr(fused, "has_post_expert_norm", False))
-        for name in _projections(fused):
-            weight = getattr(fused, name).detach()
-            bias = getattr(fused, f"{name}_bias").detach() if self.has_bias else None
+        for name, source in zip(_projections(self), self._sources(fused)):
+            weight = getattr(fused, source).detach()
+            bias = getattr(fused, f"{source}_bias").detach() if self.has_bias else None
             self.add_module(name, nn.ModuleList(
                 _linear(weight[e], None if bias is None else bias[e], self.is_transposed) for e in range(self.num_experts)))
         if self.has_post_expert_norm:
             self.post_expert_norm = fused.post_expert_norm
         self.__dict__["_trainable"] = first.requires_grad
         self.__dict__["_fused"] = fused  # not a child: its gating and activation are used, its weights are these views
-        for name in _projections(fused):  # the 3-D parameters leave it (kept alive by the views); `to_fused` rebuilds them
+        for name in self._sources(fused):  # the 3-D parameters leave it (kept alive by the views); `to_fused` rebuilds them
             for key in (name, f"{name}_bias"):
                 fused._parameters.pop(key, None)
+
+    def _sources(self, fused: nn.Module) -> tuple[str, ...]:
+        """The fused module's 3-D parameters, in the order of `_projections(self)`."""
+        return ("weight",) if self.kind == "split" else _projections(fused)
 
     def to_fused(self) -> nn.Module:
         """The original experts module, its 3-D parameters rebuilt from these layers' current weights."""
         fused = self._fused
-        for name in _projections(self):
+        for name, source in zip(_projections(self), self._sources(fused)):
             layers = getattr(self, name)
-            setattr(fused, name, nn.Parameter(_restack([lin.weight for lin in layers]), requires_grad=self._trainable))
+            setattr(fused, source, nn.Parameter(_restack([lin.weight for lin in layers]), requires_grad=self._trainable))
             if self.has_bias:
-                setattr(fused, f"{name}_bias",
+                setattr(fused, f"{source}_bias",
                         nn.Parameter(_restack([lin.bias for lin in layers]), requires_grad=self._trainable))
         if self.has_post_expert_norm:
             fused.post_expert_norm = self.post_expert_norm
@@ -158,6 +195,10 @@ class ExpertLinears(nn.Module):
         weights [..., k]."""
         if self.batched:
             return self._batched(hidden_states)
+        if self.kind == "split":  # rows grouped by expert, route[0]: each expert's count
+            parts = hidden_states.split(list(route[0] if route else next(iter(named.values()))), dim=0)
+            return torch.cat([self.expert[e](part) if part.shape[0] else part.new_zeros(0, self.expert[e].out_features)
+                              for e, part in enumerate(parts)])
         top_k_index, top_k_weights = [*route, *named.values()][:2]
         x = hidden_states.reshape(-1, hidden_states.shape[-1])
         index = top_k_index.reshape(x.shape[0], -1)

@@ -3,8 +3,8 @@ calibrate, a few training steps, fold, then decode eager and compiled. Each mode
 
 Fused projections (Phi-3's qkv_proj / gate_up_proj, GPT-NeoX's query_key_value), other layer names (OPT's fc1/fc2,
 Bloom's dense_h_to_4h), q/k norms (Qwen3, OLMo2), parallel blocks (GPT-J, Cohere) and mixtures of experts (Mixtral,
-Qwen2-MoE, GPT-OSS, Llama 4: transformers 5 keeps experts as 3-D tensors, unfused into per-expert linears by
-`spon.experts`, as are Llama 4's on transformers 4 and 5;
+Qwen2-MoE, GPT-OSS, Llama 4, JetMoE: transformers 5 keeps experts as 3-D tensors, unfused into per-expert linears by
+`spon.experts`, as are Llama 4's and JetMoE's on transformers 4 and 5;
 transformers 4's GPT-OSS experts have no layout flags and stay dense, named in a notice) all go through the same
 module swap, with no code of their own. Compiled steps are checked against masked-dense steps compiled the
 same way (tests/kernels/test_compile.py does eager against compiled on the main six)."""
@@ -48,8 +48,14 @@ MORE = {
     "llama4": (lambda: T.Llama4ForCausalLM(T.Llama4TextConfig(**COMMON, num_local_experts=4, num_experts_per_tok=1,
                                                               head_dim=8, intermediate_size_mlp=64,
                                                               interleave_moe_layer_step=1)), 7),
+    # attention and MLP experts (`JetMoeParallelExperts`: one 3-D weight, rows split by count): unfused by a probe
+    "jetmoe": (lambda: T.JetMoeForCausalLM(T.JetMoeConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                                          num_hidden_layers=2, num_key_value_heads=2, kv_channels=8,
+                                                          num_local_experts=4, num_experts_per_tok=2,
+                                                          max_position_embeddings=256)), 1),
 }
-MOE = {"mixtral", "qwen2_moe", "gpt_oss", "llama4"}
+MOE = {"mixtral", "qwen2_moe", "gpt_oss", "llama4", "jetmoe"}
+PER_EXPERT = {"jetmoe": 4}  # sparse layers an expert has where not 2 (gate_up, down) or transformers 4's 3
 pytestmark = [needs_cc]  # decoding through the kernels
 
 
@@ -69,7 +75,7 @@ def test_pipeline_runs_and_compiled_decoding_matches_masked_dense(name):
     assert len(notices) == dense_experts  # experts left dense are said, and only they
     count = getattr(model.config, "num_local_experts", None) or getattr(model.config, "num_experts", 0)
     # per expert: gate_up and down (unfused), or transformers 4's three linears
-    experts = 0 if name not in MOE or dense_experts else (2 if fused else 3) * count
+    experts = 0 if name not in MOE or dense_experts else (PER_EXPERT.get(name) or (2 if fused else 3)) * count
     assert len(mods) == (per_block + experts) * model.config.num_hidden_layers
     spon.calibrate_(model, sequences(ids, 64, 512).split(4), cfg, progress=False)
     with torch.no_grad(), spon.measure_sparsity(model) as stats:

@@ -256,3 +256,33 @@ def test_experts_without_flags_whose_forward_is_another_stay_dense():
     with pytest.warns(UserWarning, match="stay dense"):
         mods = spon.sparsify_(model, spon.SparsityConfig(sparsity=0.5))
     assert not any(".experts." in n for n in mods)
+
+
+def test_jetmoe_split_experts_unfuse_by_probe_compute_the_same_and_fuse_back():
+    """JetMoE: one 3-D `weight` per projection, rows grouped by expert and split by count, in its attention and its MLP."""
+    torch.manual_seed(0)
+    model = T.JetMoeForCausalLM(T.JetMoeConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_key_value_heads=2, kv_channels=8, num_local_experts=4,
+                                               num_experts_per_tok=2, max_position_embeddings=256)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    ids = random_ids(2, 12, seed=1)
+    with torch.no_grad():
+        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    fused = model.model.layers[1].mlp.input_linear
+    weights = fused.weight
+    unfused = unfuse_experts_(model)
+    assert len(unfused) == 8  # attention's input and output, the MLP's input and output, in each of 2 blocks
+    layers = model.model.layers[1].mlp.input_linear
+    assert layers.kind == "split" and layers.expert[3].weight.data_ptr() == weights[3].data_ptr()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(input_ids=ids[:1, :1]).logits, ref_one, atol=1e-5, rtol=1e-5)
+    fuse_experts_(model)
+    assert model.model.layers[1].mlp.input_linear is fused
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k, (ptr, value) in before.items():
+        assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k
