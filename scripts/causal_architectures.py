@@ -28,6 +28,15 @@ SMALL = dict(hidden_size=64, n_embd=64, d_model=64, dim=64, num_hidden_layers=2,
 EXTRA = {"flex_olmo": dict(pad_token_id=0), "qwen3_next": dict(num_hidden_layers=4), "dots1": dict(n_shared_experts=1),
          "jamba": dict(num_hidden_layers=8, pad_token_id=0),
          "lfm2_moe": dict(num_dense_layers=0, layer_types=["full_attention", "full_attention"]),
+         "gpt_neo": dict(attention_types=[[["global", "local"], 1]]), "codegen": dict(rotary_dim=4),
+         "gptj": dict(rotary_dim=4), "recurrent_gemma": dict(num_hidden_layers=3),
+         # hybrids: with 2 layers every layer is a linear-attention or state-space one, which the cache rejects
+         "dbrx": dict(attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0), ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2)),
+         "bamba": dict(attn_layer_indices=[1]), "granitemoehybrid": dict(layer_types=["mamba", "attention"]),
+         **{t: dict(layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"])
+            for t in ("bailing_hybrid", "kimi_linear")},
+         **{t: dict(num_hidden_layers=4) for t in ("qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text",
+                                                    "qwen4_exp", "qwen4_exp_text")},
          **{t: dict(head_dim=8) for t in ("deepseek_v3", "deepseek_v32", "longcat_flash", "glm4_moe_lite", "glm_moe_dsa",
                                           "axk1", "axk2")}}
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id", "cls_token_id")
@@ -114,6 +123,8 @@ def _one_step(model, prompt):
     import torch
     with torch.no_grad():
         out = model(input_ids=prompt, use_cache=True)
+        if getattr(out, "past_key_values", None) is None:
+            raise TypeError("the model returns no past_key_values: no cached single-token step to check")
         nxt = out.logits[:, -1:].argmax(-1)
         return model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True).logits
 
