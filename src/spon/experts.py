@@ -16,6 +16,10 @@ exactly these two 3-D parameters and an `act_fn` whose forward on random rows eq
 (gate first, `up * act_fn(gate)`). `ExpertLinears` then runs only the rows that are not all zero, each expert on the
 tokens routed to it (a zero row's output is zero, as in the original, where experts carry no bias).
 
+DBRX keeps each projection's experts stacked by rows in one 2-D tensor (`DbrxExperts.mlp`: `w1` gate and `v1` up
+[E * F, H], `w2` down [E * F, H] used as [in, out]) behind the routed forward(hidden, top_k_index, top_k_weights);
+found by a probe as well, it becomes `gate_proj`, `up_proj`, `down_proj` per expert.
+
 JetMoE keeps one projection's experts as one 3-D `weight` [E, out, in] applied to rows that come split by count
 (`JetMoeParallelExperts`: forward(rows, counts), rows grouped by expert); found by a probe too, such a module becomes
 one `nn.Linear` per expert (`input_linear.expert.3`) applied to its share of the rows.
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 
 __all__ = ["ExpertLinears", "unfuse_experts_", "fuse_experts_", "is_fused_experts", "is_batched_experts", "is_split_experts",
+           "is_glu_experts",
            "expert_shares"]
 
 PER_TOKEN = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k")  # config names of k
@@ -38,8 +43,11 @@ PER_TOKEN = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k"
 def _projections(experts: nn.Module) -> tuple[str, ...]:
     """The per-expert layer lists' names (for a fused module: its 3-D parameters' names; a split module's `weight`
     becomes the list `expert`)."""
-    if getattr(experts, "kind", None) == "split":
+    kind = getattr(experts, "kind", None)
+    if kind == "split":
         return ("expert",)
+    if kind == "glu":
+        return ("gate_proj", "up_proj", "down_proj")
     return ("gate_up_proj" if getattr(experts, "has_gate", True) else "up_proj", "down_proj")
 
 
@@ -53,7 +61,7 @@ def is_fused_experts(mod: nn.Module) -> bool:
     if isinstance(mod, ExpertLinears):
         return False
     if not all(hasattr(mod, f) for f in ("has_gate", "has_bias", "is_transposed")):
-        return is_batched_experts(mod) or is_split_experts(mod)
+        return is_batched_experts(mod) or is_split_experts(mod) or is_glu_experts(mod)
     if getattr(type(mod).forward, "__wrapped__", None) is None:  # a subclass's own forward around the dispatch (Ergo's
         return False  # per-route norm): swapping the module would skip it; left dense
     return all(_plain_3d(getattr(mod, name, None)) for name in _projections(mod))
@@ -71,6 +79,43 @@ def is_batched_experts(mod: nn.Module) -> bool:
     if "_spon_batched" not in mod.__dict__:
         mod.__dict__["_spon_batched"] = _probe(mod)
     return mod.__dict__["_spon_batched"]
+
+
+def is_glu_experts(mod: nn.Module) -> bool:
+    """DBRX's layout (module docstring): a child `mlp` holding exactly `w1`, `v1`, `w2`, each [E * F, H] with E the
+    module's `num_experts`, and a routed forward that a probe shows to be, per token, the sum over its experts of
+    weight * (act(x w1_e^T) * (x v1_e^T)) w2_e. The verdict is kept on the module."""
+    mlp, n = getattr(mod, "mlp", None), getattr(mod, "num_experts", None)
+    params = dict(mlp.named_parameters()) if isinstance(mlp, nn.Module) else {}
+    if not (set(params) == {"w1", "v1", "w2"} and isinstance(n, int) and n > 0 and set(dict(mod.named_parameters()))
+            == {f"mlp.{k}" for k in params} and all(isinstance(p, nn.Parameter) and p.dim() == 2 and p.is_floating_point()
+                                                    and not p.is_meta and p.shape == params["w1"].shape for p in params.values())
+            and params["w1"].shape[0] % n == 0 and callable(getattr(mlp, "activation_fn", None))):
+        return False
+    if "_spon_glu" not in mod.__dict__:
+        mod.__dict__["_spon_glu"] = _probe_glu(mod)
+    return mod.__dict__["_spon_glu"]
+
+
+@torch.no_grad()
+def _probe_glu(mod: nn.Module) -> bool:
+    n, mlp = mod.num_experts, mod.mlp
+    w1, v1, w2 = (p.reshape(n, -1, p.shape[-1]) for p in (mlp.w1, mlp.v1, mlp.w2))
+    width = w1.shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, n, width, generator=gen).to(w1)
+    index = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n], 1)  # each token two experts, every expert hit
+    weights = torch.rand(n, 2, generator=gen).to(w1)
+    try:
+        out = mod(x, index, weights)
+    except Exception:  # noqa: BLE001  another calling convention: not this layout
+        return False
+    ref = torch.zeros(n, width, dtype=w1.dtype)
+    for t in range(n):
+        for e, w in zip(index[t].tolist(), weights[t]):
+            ref[t] += w * ((mlp.activation_fn(x[0, t] @ w1[e].T) * (x[0, t] @ v1[e].T)) @ w2[e])
+    return out.numel() == ref.numel() and torch.allclose(out.reshape(ref.shape), ref, rtol=1e-3,
+                                                          atol=1e-5 * float(ref.abs().max()) + 1e-6)
 
 
 def is_split_experts(mod: nn.Module) -> bool:
@@ -149,41 +194,52 @@ class ExpertLinears(nn.Module):
 
     def __init__(self, fused: nn.Module):
         super().__init__()
-        # "flags": transformers 5's layout flags; "batched": Llama 4's; "split": JetMoE's (module docstring)
-        self.kind = "flags" if hasattr(fused, "has_gate") else "split" if is_split_experts(fused) else "batched"
-        first = getattr(fused, self._sources(fused)[0])
-        self.num_experts = first.shape[0]
+        # "flags": transformers 5's layout flags; "batched": Llama 4's; "split": JetMoE's; "glu": DBRX's (module docstring)
+        self.kind = ("flags" if hasattr(fused, "has_gate") else "split" if is_split_experts(fused)
+                     else "glu" if is_glu_experts(fused) else "batched")
         self.batched = self.kind == "batched"
         if self.kind == "flags":
             self.has_gate, self.has_bias, self.is_transposed = fused.has_gate, fused.has_bias, fused.is_transposed
         else:
             self.has_gate, self.has_bias, self.is_transposed = self.batched, False, self.batched
         self.has_post_expert_norm = bool(getattr(fused, "has_post_expert_norm", False))
-        for name, source in zip(_projections(self), self._sources(fused)):
-            weight = getattr(fused, source).detach()
-            bias = getattr(fused, f"{source}_bias").detach() if self.has_bias else None
+        layout = self._layout(fused)
+        first = getattr(layout[0][1], layout[0][2])
+        self.num_experts = fused.num_experts if self.kind == "glu" else first.shape[0]
+        self.__dict__["_shapes"] = [tuple(getattr(owner, source).shape) for _, owner, source, _ in layout]
+        for name, owner, source, transposed in layout:
+            weight = getattr(owner, source).detach()
+            weight = weight.reshape(self.num_experts, -1, weight.shape[-1]) if weight.dim() == 2 else weight
+            bias = getattr(owner, f"{source}_bias").detach() if self.has_bias else None
             self.add_module(name, nn.ModuleList(
-                _linear(weight[e], None if bias is None else bias[e], self.is_transposed) for e in range(self.num_experts)))
+                _linear(weight[e], None if bias is None else bias[e], transposed) for e in range(self.num_experts)))
         if self.has_post_expert_norm:
             self.post_expert_norm = fused.post_expert_norm
         self.__dict__["_trainable"] = first.requires_grad
         self.__dict__["_fused"] = fused  # not a child: its gating and activation are used, its weights are these views
-        for name in self._sources(fused):  # the 3-D parameters leave it (kept alive by the views); `to_fused` rebuilds them
-            for key in (name, f"{name}_bias"):
-                fused._parameters.pop(key, None)
+        for _, owner, source, _ in layout:  # the fused parameters leave it (kept alive by the views); `to_fused` rebuilds
+            for key in (source, f"{source}_bias"):
+                owner._parameters.pop(key, None)
 
-    def _sources(self, fused: nn.Module) -> tuple[str, ...]:
-        """The fused module's 3-D parameters, in the order of `_projections(self)`."""
-        return ("weight",) if self.kind == "split" else _projections(fused)
+    def _layout(self, fused: nn.Module) -> list[tuple[str, nn.Module, str, bool]]:
+        """Per projection: the name of its per-expert list here, the module holding the fused parameter, the
+        parameter's name, and whether an expert's part is stored [in, out] (transposed)."""
+        if self.kind == "split":
+            return [("expert", fused, "weight", False)]
+        if self.kind == "glu":
+            return [("gate_proj", fused.mlp, "w1", False), ("up_proj", fused.mlp, "v1", False),
+                    ("down_proj", fused.mlp, "w2", True)]
+        return [(name, fused, name, self.is_transposed) for name in _projections(fused)]
 
     def to_fused(self) -> nn.Module:
-        """The original experts module, its 3-D parameters rebuilt from these layers' current weights."""
+        """The original experts module, its fused parameters rebuilt from these layers' current weights."""
         fused = self._fused
-        for name, source in zip(_projections(self), self._sources(fused)):
+        for (name, owner, source, _), shape in zip(self._layout(fused), self._shapes):
             layers = getattr(self, name)
-            setattr(fused, source, nn.Parameter(_restack([lin.weight for lin in layers]), requires_grad=self._trainable))
+            setattr(owner, source, nn.Parameter(_restack([lin.weight for lin in layers]).reshape(shape),
+                                                requires_grad=self._trainable))
             if self.has_bias:
-                setattr(fused, f"{source}_bias",
+                setattr(owner, f"{source}_bias",
                         nn.Parameter(_restack([lin.bias for lin in layers]), requires_grad=self._trainable))
         if self.has_post_expert_norm:
             fused.post_expert_norm = self.post_expert_norm
@@ -203,18 +259,17 @@ class ExpertLinears(nn.Module):
         x = hidden_states.reshape(-1, hidden_states.shape[-1])
         index = top_k_index.reshape(x.shape[0], -1)
         weights = top_k_weights.reshape(x.shape[0], -1)
-        first, down = getattr(self, _projections(self)[0]), self.down_proj
         if x.shape[0] == 1:  # one token (decoding): its k experts in turn, no gather or scatter
             out = None
             for e, w in zip(index[0].tolist(), weights[0]):
                 if 0 <= e < self.num_experts:
-                    h = self._expert(first[e], down[e], x) * w
+                    h = self._expert(e, x) * w
                     out = h if out is None else out + h
             return (torch.zeros_like(x) if out is None else out.to(x.dtype)).reshape(hidden_states.shape)
         out = torch.zeros_like(x)
         for e in _experts_hit(index, self.num_experts):
             token, slot = torch.where(index == e)
-            h = self._expert(first[e], down[e], x[token])
+            h = self._expert(e, x[token])
             out.index_add_(0, token, (h * weights[token, slot, None]).to(out.dtype))
         return out.reshape(hidden_states.shape)
 
@@ -225,14 +280,17 @@ class ExpertLinears(nn.Module):
         for e in range(self.num_experts):
             token = x[e].any(-1).nonzero().squeeze(1)
             if token.numel() == x.shape[1]:
-                out[e] = self._expert(self.gate_up_proj[e], self.down_proj[e], x[e]).to(out.dtype)
+                out[e] = self._expert(e, x[e]).to(out.dtype)
             elif token.numel():
-                out[e, token] = self._expert(self.gate_up_proj[e], self.down_proj[e], x[e, token]).to(out.dtype)
+                out[e, token] = self._expert(e, x[e, token]).to(out.dtype)
         return out.reshape(hidden_states.shape)
 
-    def _expert(self, first: nn.Module, down: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """One expert on its tokens: up (and gate), the model's own gating or activation, down, post-expert norm."""
-        h = first(x)
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e on its tokens: up (and gate), the model's own gating or activation, down, post-expert norm."""
+        down = self.down_proj[e]
+        if self.kind == "glu":
+            return down(self._fused.mlp.activation_fn(self.gate_proj[e](x)) * self.up_proj[e](x))
+        h = getattr(self, _projections(self)[0])[e](x)
         if self.batched:
             gate, up = h.chunk(2, dim=-1)
             return down(up * self._fused.act_fn(gate))

@@ -48,8 +48,20 @@ def is_router(linear: nn.Module, model: nn.Module) -> bool:
     called `gate`): its outputs are the model's expert count, or one. Its input picks the experts, and its weights are
     a sliver of the block's: it stays dense (TEAL's protocol leaves routing alone)."""
     out = linear_shape(linear)[0]
-    experts = [getattr(getattr(model, "config", None), key, None) for key in EXPERT_COUNTS]
-    return out == 1 or any(isinstance(n, int) and n > 1 and out == n for n in experts)
+    return out == 1 or out in expert_counts(model)
+
+
+def expert_counts(model: nn.Module) -> set[int]:
+    """The expert counts the model's config gives (above one), in it or a config it holds: a vision-language model's
+    text config, DBRX's `ffn_config`."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return set()
+    configs = [config, *(v for v in vars(config).values() if hasattr(v, "to_dict"))]
+    text = getattr(config, "get_text_config", None)
+    if callable(text):
+        configs.append(text())
+    return {n for c in configs for key in EXPERT_COUNTS if isinstance(n := getattr(c, key, None), int) and n > 1}
 
 
 def output_head(model: nn.Module) -> tuple[str, nn.Module] | None:

@@ -286,3 +286,37 @@ def test_jetmoe_split_experts_unfuse_by_probe_compute_the_same_and_fuse_back():
     assert list(after) == list(before)
     for k, (ptr, value) in before.items():
         assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k
+
+
+def test_dbrx_row_stacked_experts_unfuse_by_probe_compute_the_same_and_fuse_back():
+    """DBRX: each projection's experts stacked by rows in one 2-D tensor (w1 gate, v1 up, w2 down stored [in, out])."""
+    from test_architectures import dbrx_config
+
+    torch.manual_seed(0)
+    model = T.DbrxForCausalLM(dbrx_config()).eval()
+    experts = model.transformer.blocks[0].ffn.experts
+    if not is_fused_experts(experts):
+        pytest.skip("transformers 4's DBRX experts take another routing signature (left dense, with a notice)")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    ids = random_ids(2, 12, seed=1)
+    with torch.no_grad():
+        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    w2 = experts.mlp.w2
+    unfuse_experts_(model)
+    layers = model.transformer.blocks[0].ffn.experts
+    assert layers.kind == "glu" and len(layers.down_proj) == 4
+    down = layers.down_proj[3].weight
+    assert down.shape == (32, 32) and down.data_ptr() == w2[3 * 32:].data_ptr()  # expert 3's rows, a view
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(input_ids=ids[:1, :1]).logits, ref_one, atol=1e-5, rtol=1e-5)
+    fuse_experts_(model)
+    assert model.transformer.blocks[0].ffn.experts is experts
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k, (ptr, value) in before.items():
+        assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k
