@@ -4,7 +4,8 @@ random model from the type's default config shrunk (hidden 64, 2 layers, vocabul
 - sparsify at 50% with nothing dropped yet (thresholds -1): the logits must equal the dense model's;
 - the share of the decoder blocks' weights left dense (`spon.dense_block_weights`: modules that are not linears);
 - calibrate at 50% on random tokens: the measured sparsity on other tokens;
-- one decoding step through the kernels (`prepare_decode_`) against the masked-dense step (`spon.masked_dense`).
+- one decoding step through the kernels (`prepare_decode_`) against the masked-dense step (`spon.masked_dense`); a
+  model without a KV cache (an encoder as decoder) takes a one-token forward instead, also the kernels' path.
 
 A type whose tiny config does not build, or whose dense model fails a forward or a cached single-token step, is
 reported as such (a config or model problem, not spon's). A vision-language model's sub-configs are shrunk alike.
@@ -90,6 +91,7 @@ def check(model_type: str) -> str:
         stage = "dense"
         with torch.no_grad():
             ref = model(input_ids=ids).logits
+            cached = getattr(model(input_ids=prompt, use_cache=True), "past_key_values", None) is not None
         _one_step(model, prompt)  # a model whose own cached step fails is reported here, not at "decode"
         stage = "sparsify"
         cfg = spon.SparsityConfig(sparsity=0.5)
@@ -113,7 +115,8 @@ def check(model_type: str) -> str:
         step_diff = float((step - ref_step).abs().max())
         return (f"ok {type(model).__name__}: {len(mods)} sparse layers, {sum(dense.values()) / max(total, 1):.0%} of block"
                 f" weights dense{' (notice)' if notice else ''}, keep-all |logit diff| {keep_all:.1e}, 50% measured"
-                f" {stats['entries']:.1%}, decode step vs masked-dense {step_diff:.1e}")
+                f" {stats['entries']:.1%}, {'decode step' if cached else 'one-token forward (no KV cache)'} vs masked-dense"
+                f" {step_diff:.1e}")
     except Exception as e:  # noqa: BLE001  a report line per type
         return f"error at {stage}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:140]}"
 
@@ -123,9 +126,9 @@ def _one_step(model, prompt):
     import torch
     with torch.no_grad():
         out = model(input_ids=prompt, use_cache=True)
-        if getattr(out, "past_key_values", None) is None:
-            raise TypeError("the model returns no past_key_values: no cached single-token step to check")
         nxt = out.logits[:, -1:].argmax(-1)
+        if getattr(out, "past_key_values", None) is None:  # no KV cache (encoders as decoders, recurrent state)
+            return model(input_ids=nxt).logits  # a one-token forward: still the single-token path
         return model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True).logits
 
 
