@@ -31,29 +31,38 @@ def build(name: str) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", sorted(MOE))
-def test_unfused_experts_compute_the_same_on_the_same_memory_and_fuse_back(name):
-    model = build(name)
+def unfuse_and_fuse_back(model, path: str, check) -> None:
+    """Unfusing every experts module keeps the logits (many tokens, and one token: its own path); `check(fused
+    parameters by name, unfused module)` holds at `path`; fusing back gives the same module, state_dict keys and memory."""
     ids = random_ids(2, 12, seed=1)
     with torch.no_grad():
-        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits  # one token: its own path
+        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits
     before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
-    fused = model.model.layers[0].mlp.experts
-    weights = fused.gate_up_proj
-    unfused = unfuse_experts_(model)
-    assert len(unfused) == model.config.num_hidden_layers
-    layers = model.model.layers[0].mlp.experts
-    assert isinstance(layers, ExpertLinears) and len(layers.gate_up_proj) == len(layers.down_proj) == 4
-    assert layers.gate_up_proj[3].weight.data_ptr() == weights[3].data_ptr()  # a view, not a copy
+    fused = model.get_submodule(path)
+    params = dict(fused.named_parameters())  # held: they leave the module while it is unfused
+    unfuse_experts_(model)
+    check(params, model.get_submodule(path))
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model(input_ids=ids[:1, :1]).logits, ref_one, atol=1e-5, rtol=1e-5)
     fuse_experts_(model)
-    assert model.model.layers[0].mlp.experts is fused
+    assert model.get_submodule(path) is fused
     after = model.state_dict()
     assert list(after) == list(before)
     for k, (ptr, value) in before.items():
         assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k  # the same memory, nothing copied
+
+
+@pytest.mark.parametrize("name", sorted(MOE))
+def test_unfused_experts_compute_the_same_on_the_same_memory_and_fuse_back(name):
+    model = build(name)
+
+    def check(params, layers):
+        assert isinstance(layers, ExpertLinears) and len(layers.gate_up_proj) == len(layers.down_proj) == 4
+        assert layers.gate_up_proj[3].weight.data_ptr() == params["gate_up_proj"][3].data_ptr()  # a view, not a copy
+        assert len([m for m in model.modules() if isinstance(m, ExpertLinears)]) == model.config.num_hidden_layers
+
+    unfuse_and_fuse_back(model, "model.layers.0.mlp.experts", check)
 
 
 def test_experts_moved_while_unfused_are_stacked_anew():
@@ -198,27 +207,13 @@ def llama4() -> torch.nn.Module:
 
 def test_llama4_batched_experts_unfuse_by_probe_compute_the_same_and_fuse_back():
     model = llama4()
-    ids = random_ids(2, 12, seed=1)
-    with torch.no_grad():
-        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits
-    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
-    fused = model.model.layers[0].feed_forward.experts
-    weights = fused.gate_up_proj
-    assert is_fused_experts(fused)  # by the probe: no flags, no class name
-    unfuse_experts_(model)
-    layers = model.model.layers[0].feed_forward.experts
-    assert isinstance(layers, ExpertLinears) and layers.batched and len(layers.gate_up_proj) == 4
-    assert layers.gate_up_proj[2].weight.data_ptr() == weights[2].data_ptr()  # a view, not a copy
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model(input_ids=ids[:1, :1]).logits, ref_one, atol=1e-5, rtol=1e-5)
-    fuse_experts_(model)
-    assert model.model.layers[0].feed_forward.experts is fused
-    after = model.state_dict()
-    assert list(after) == list(before)
-    for k, (ptr, value) in before.items():
-        assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k
+    assert is_fused_experts(model.model.layers[0].feed_forward.experts)  # by the probe: no flags, no class name
 
+    def check(params, layers):
+        assert isinstance(layers, ExpertLinears) and layers.batched and len(layers.gate_up_proj) == 4
+        assert layers.gate_up_proj[2].weight.data_ptr() == params["gate_up_proj"][2].data_ptr()  # a view, not a copy
+
+    unfuse_and_fuse_back(model, "model.layers.0.feed_forward.experts", check)
 
 def test_llama4_tokens_routed_elsewhere_get_nothing_from_an_expert_even_with_folded_vectors():
     model = llama4()
@@ -267,25 +262,13 @@ def test_jetmoe_split_experts_unfuse_by_probe_compute_the_same_and_fuse_back():
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
-    ids = random_ids(2, 12, seed=1)
-    with torch.no_grad():
-        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits
-    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
-    fused = model.model.layers[1].mlp.input_linear
-    weights = fused.weight
-    unfused = unfuse_experts_(model)
-    assert len(unfused) == 8  # attention's input and output, the MLP's input and output, in each of 2 blocks
-    layers = model.model.layers[1].mlp.input_linear
-    assert layers.kind == "split" and layers.expert[3].weight.data_ptr() == weights[3].data_ptr()
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model(input_ids=ids[:1, :1]).logits, ref_one, atol=1e-5, rtol=1e-5)
-    fuse_experts_(model)
-    assert model.model.layers[1].mlp.input_linear is fused
-    after = model.state_dict()
-    assert list(after) == list(before)
-    for k, (ptr, value) in before.items():
-        assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k
+
+    def check(params, layers):
+        # attention's and the MLP's input and output projections, in each of 2 blocks
+        assert len([m for m in model.modules() if isinstance(m, ExpertLinears)]) == 8
+        assert layers.kind == "split" and layers.expert[3].weight.data_ptr() == params["weight"][3].data_ptr()
+
+    unfuse_and_fuse_back(model, "model.layers.1.mlp.input_linear", check)
 
 
 def test_dbrx_row_stacked_experts_unfuse_by_probe_compute_the_same_and_fuse_back():
@@ -301,22 +284,9 @@ def test_dbrx_row_stacked_experts_unfuse_by_probe_compute_the_same_and_fuse_back
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.2)
-    ids = random_ids(2, 12, seed=1)
-    with torch.no_grad():
-        ref, ref_one = model(input_ids=ids).logits, model(input_ids=ids[:1, :1]).logits
-    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
-    w2 = experts.mlp.w2
-    unfuse_experts_(model)
-    layers = model.transformer.blocks[0].ffn.experts
-    assert layers.kind == "glu" and len(layers.down_proj) == 4
-    down = layers.down_proj[3].weight
-    assert down.shape == (32, 32) and down.data_ptr() == w2[3 * 32:].data_ptr()  # expert 3's rows, a view
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model(input_ids=ids[:1, :1]).logits, ref_one, atol=1e-5, rtol=1e-5)
-    fuse_experts_(model)
-    assert model.transformer.blocks[0].ffn.experts is experts
-    after = model.state_dict()
-    assert list(after) == list(before)
-    for k, (ptr, value) in before.items():
-        assert after[k].data_ptr() == ptr and torch.equal(after[k], value), k
+    def check(params, layers):
+        assert layers.kind == "glu" and len(layers.down_proj) == 4
+        down = layers.down_proj[3].weight
+        assert down.shape == (32, 32) and down.data_ptr() == params["mlp.w2"][3 * 32:].data_ptr()  # expert 3's rows
+
+    unfuse_and_fuse_back(model, "transformer.blocks.0.ffn.experts", check)
