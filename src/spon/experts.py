@@ -6,23 +6,24 @@ transformers 5 keeps a block's experts as 3-D tensors (`gate_up_proj` [E, 2I, H]
 describe the layout (`has_gate`, `has_bias`, `is_transposed`, `has_post_expert_norm`). `unfuse_experts_` swaps each
 such module for `ExpertLinears`: per expert, one linear layer per projection whose weight and bias are views of the
 same memory (nothing copied), and the eager loop over the experts the tokens picked, through the original module's
-own gating (`_apply_gate`: the gate/up layout, clamps and all), activation and post-expert norm. transformers 4 needs
-none of this: its experts are `nn.Linear` modules already. `fuse_experts_` puts the original modules back.
+own gating (`_apply_gate`: the gate/up layout, clamps and all), activation and post-expert norm. transformers 4 keeps
+most experts as `nn.Linear` modules already. `fuse_experts_` puts the original modules back.
 
 Llama 4 keeps its experts the older way, in a module without flags (`Llama4TextExperts`: `gate_up_proj` [E, H, 2I],
 `down_proj` [E, I, H], a forward over [E * T, H] rows, every expert given every token, scaled by its routing score,
-zero where the token went elsewhere). Such "batched" experts are recognised by a probe, not by class: a module with
+zero where the token went elsewhere; the same on transformers 4). Such "batched" experts are recognised by a probe, not by class: a module with
 exactly these two 3-D parameters and an `act_fn` whose forward on random rows equals the per-expert computation
 (gate first, `up * act_fn(gate)`). `ExpertLinears` then runs only the rows that are not all zero, each expert on the
 tokens routed to it (a zero row's output is zero, as in the original, where experts carry no bias).
 
 DBRX keeps each projection's experts stacked by rows in one 2-D tensor (`DbrxExperts.mlp`: `w1` gate and `v1` up
 [E * F, H], `w2` down [E * F, H] used as [in, out]) behind the routed forward(hidden, top_k_index, top_k_weights);
-found by a probe as well, it becomes `gate_proj`, `up_proj`, `down_proj` per expert.
+found by a probe as well, it becomes `gate_proj`, `up_proj`, `down_proj` per expert (transformers 5; 4's DBRX routes
+through another signature, fails the probe and stays dense, named in the notice).
 
 JetMoE keeps one projection's experts as one 3-D `weight` [E, out, in] applied to rows that come split by count
 (`JetMoeParallelExperts`: forward(rows, counts), rows grouped by expert); found by a probe too, such a module becomes
-one `nn.Linear` per expert (`input_linear.expert.3`) applied to its share of the rows.
+one `nn.Linear` per expert (`input_linear.expert.3`) applied to its share of the rows (transformers 4 and 5).
 
 One loop iteration per expert hit is data-dependent, so a compiled forward runs the experts outside the graph (a
 graph break per block, `compile_decode_` compiles without fullgraph; their sparse layers take the kernel eagerly).
@@ -34,8 +35,7 @@ import torch
 from torch import nn
 
 __all__ = ["ExpertLinears", "unfuse_experts_", "fuse_experts_", "is_fused_experts", "is_batched_experts", "is_split_experts",
-           "is_glu_experts",
-           "expert_shares"]
+           "is_glu_experts", "expert_shares"]
 
 PER_TOKEN = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k")  # config names of k
 
