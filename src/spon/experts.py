@@ -57,7 +57,8 @@ def _plain_3d(p) -> bool:
 
 def is_fused_experts(mod: nn.Module) -> bool:
     """A transformers 5 experts module (`@use_experts_implementation`) whose weights are plain 3-D tensors and whose
-    forward is the decorated dispatch itself; or batched experts (`is_batched_experts`)."""
+    forward is the decorated dispatch itself; or one of the flagless layouts a probe recognises (`is_batched_experts`,
+    `is_split_experts`, `is_glu_experts`)."""
     if isinstance(mod, ExpertLinears):
         return False
     if not all(hasattr(mod, f) for f in ("has_gate", "has_bias", "is_transposed")):
@@ -76,9 +77,7 @@ def is_batched_experts(mod: nn.Module) -> bool:
             and _plain_3d(down) and callable(getattr(mod, "act_fn", None)) and gate_up.shape[0] == down.shape[0]
             and gate_up.shape[2] == 2 * down.shape[1] and gate_up.shape[1] == down.shape[2]):
         return False
-    if "_spon_batched" not in mod.__dict__:
-        mod.__dict__["_spon_batched"] = _probe(mod)
-    return mod.__dict__["_spon_batched"]
+    return _verdict(mod, "_spon_batched", _probe)
 
 
 def is_glu_experts(mod: nn.Module) -> bool:
@@ -92,9 +91,7 @@ def is_glu_experts(mod: nn.Module) -> bool:
                                                     and not p.is_meta and p.shape == params["w1"].shape for p in params.values())
             and params["w1"].shape[0] % n == 0 and callable(getattr(mlp, "activation_fn", None))):
         return False
-    if "_spon_glu" not in mod.__dict__:
-        mod.__dict__["_spon_glu"] = _probe_glu(mod)
-    return mod.__dict__["_spon_glu"]
+    return _verdict(mod, "_spon_glu", _probe_glu)
 
 
 @torch.no_grad()
@@ -106,16 +103,11 @@ def _probe_glu(mod: nn.Module) -> bool:
     x = torch.randn(1, n, width, generator=gen).to(w1)
     index = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n], 1)  # each token two experts, every expert hit
     weights = torch.rand(n, 2, generator=gen).to(w1)
-    try:
-        out = mod(x, index, weights)
-    except Exception:  # noqa: BLE001  another calling convention: not this layout
-        return False
     ref = torch.zeros(n, width, dtype=w1.dtype)
     for t in range(n):
         for e, w in zip(index[t].tolist(), weights[t]):
             ref[t] += w * ((mlp.activation_fn(x[0, t] @ w1[e].T) * (x[0, t] @ v1[e].T)) @ w2[e])
-    return out.numel() == ref.numel() and torch.allclose(out.reshape(ref.shape), ref, rtol=1e-3,
-                                                          atol=1e-5 * float(ref.abs().max()) + 1e-6)
+    return _computes(lambda: mod(x, index, weights), ref.reshape(x.shape))  # the input's shape, as `ExpertLinears` gives
 
 
 def is_split_experts(mod: nn.Module) -> bool:
@@ -123,9 +115,7 @@ def is_split_experts(mod: nn.Module) -> bool:
     probe shows to be each expert's `F.linear` on its consecutive share of the rows. The verdict is kept on the module."""
     if not (set(dict(mod.named_parameters())) == {"weight"} and _plain_3d(mod._parameters["weight"])):
         return False
-    if "_spon_split" not in mod.__dict__:
-        mod.__dict__["_spon_split"] = _probe_split(mod)
-    return mod.__dict__["_spon_split"]
+    return _verdict(mod, "_spon_split", _probe_split)
 
 
 @torch.no_grad()
@@ -133,12 +123,8 @@ def _probe_split(mod: nn.Module) -> bool:
     n, _, width = mod.weight.shape
     counts = [(e % 3) for e in range(n)]  # 0, 1 or 2 rows an expert
     x = torch.randn(sum(counts), width, generator=torch.Generator().manual_seed(0)).to(mod.weight)
-    try:
-        out = mod(x, counts)
-    except Exception:  # noqa: BLE001  another calling convention: not this layout
-        return False
     ref = torch.cat([torch.nn.functional.linear(part, mod.weight[e]) for e, part in enumerate(x.split(counts))])
-    return tuple(out.shape) == tuple(ref.shape) and torch.allclose(out, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6)
+    return _computes(lambda: mod(x, counts), ref)
 
 
 @torch.no_grad()
@@ -147,13 +133,27 @@ def _probe(mod: nn.Module) -> bool:
     n, h = gate_up.shape[0], gate_up.shape[1]
     x = torch.randn(n, 2, h, generator=torch.Generator().manual_seed(0)).to(gate_up)
     x[:, 1] = 0  # a token routed elsewhere
-    try:
-        out = mod(x.reshape(-1, h))
-    except Exception:  # noqa: BLE001  another calling convention: not this layout
-        return False
     gate, up = torch.bmm(x, gate_up).chunk(2, dim=-1)
     ref = torch.bmm(up * mod.act_fn(gate), down).reshape(-1, h)
-    return tuple(out.shape) == tuple(ref.shape) and torch.allclose(out, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-6)
+    return _computes(lambda: mod(x.reshape(-1, h)), ref)
+
+
+def _verdict(mod: nn.Module, key: str, probe) -> bool:
+    """probe(mod), run once and kept on the module under `key`."""
+    if key not in mod.__dict__:
+        mod.__dict__[key] = probe(mod)
+    return mod.__dict__[key]
+
+
+def _computes(run, ref: torch.Tensor) -> bool:
+    """Whether run() (the module's own forward on the probe's input) gives ref, its shape and its values to rounding;
+    a forward that raises takes another calling convention: not the layout probed."""
+    try:
+        out = run()
+    except Exception:  # noqa: BLE001
+        return False
+    return tuple(out.shape) == tuple(ref.shape) and torch.allclose(out, ref, rtol=1e-3,
+                                                                   atol=1e-5 * float(ref.abs().max()) + 1e-6)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> nn.Module:
@@ -197,7 +197,6 @@ class ExpertLinears(nn.Module):
         # "flags": transformers 5's layout flags; "batched": Llama 4's; "split": JetMoE's; "glu": DBRX's (module docstring)
         self.kind = ("flags" if hasattr(fused, "has_gate") else "split" if is_split_experts(fused)
                      else "glu" if is_glu_experts(fused) else "batched")
-        self.batched = self.kind == "batched"
         if self.kind == "flags":
             self.has_gate, self.has_bias, self.is_transposed = fused.has_gate, fused.has_bias, fused.is_transposed
         else:
@@ -220,6 +219,11 @@ class ExpertLinears(nn.Module):
         for _, owner, source, _ in layout:  # the fused parameters leave it (kept alive by the views); `to_fused` rebuilds
             for key in (source, f"{source}_bias"):
                 owner._parameters.pop(key, None)
+
+    @property
+    def batched(self) -> bool:
+        """Llama 4's layout (`is_batched_experts`)."""
+        return self.kind == "batched"
 
     def _layout(self, fused: nn.Module) -> list[tuple[str, nn.Module, str, bool]]:
         """Per projection: the name of its per-expert list here, the module holding the fused parameter, the
