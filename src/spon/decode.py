@@ -283,16 +283,20 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
     layer called alone on side-by-side weights reads a strided part of each row: slower than on its own matrix (SmolLM2
     bf16: 0.95x), so leave this on unless the layers were prepared with `fuse_siblings=False`.
     """
-    options = dict(COMPILE_OPTIONS)
+    import torch._inductor.config as inductor_config
+
+    # an option this torch's inductor does not know yet (alignment_asserts came in 2.7) is left out
+    options = {k: v for k, v in COMPILE_OPTIONS.items() if hasattr(inductor_config, k)}
     if any(isinstance(m, ExpertLinears) for m in model.modules()):
         fullgraph = False  # a sparsified mixture of experts runs its experts loop outside the graph (`experts`)
     if sparse_modules(model):
         from .kernels import op  # noqa: F401  the operator must exist before tracing
 
         if group_projections:
-            from .kernels.grouping import GroupSparseGemvs
+            from .kernels.grouping import SUPPORTED, GroupSparseGemvs
 
-            options["post_grad_custom_post_pass"] = GroupSparseGemvs()
+            if SUPPORTED:
+                options["post_grad_custom_post_pass"] = GroupSparseGemvs()
 
     if getattr(model, "_spon_compiled", False):
         return model
@@ -301,7 +305,9 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
     if attention is not None:
         set_attention(model, attention)
     # every compiled model and switch (dense, without_spon, masked_dense) adds graphs to the same forward code object
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    # (the setting's name before torch 2.7: cache_size_limit)
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
     # ints that change per step turn symbolic once; COMPILE_OPTIONS drop the per-call stride checks of every input
     model.forward = torch.compile(model.forward, fullgraph=fullgraph, options=options)
     model.generation_config.cache_implementation = "static"

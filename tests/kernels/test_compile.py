@@ -185,6 +185,10 @@ def test_prepare_decode_lays_siblings_side_by_side_and_each_layer_reads_the_same
 
 @pytest.mark.parametrize("group", [True, False], ids=["grouped", "one-call-per-layer"])
 def test_compiled_steps_equal_eager_steps(arch, group):
+    from spon.kernels.grouping import SUPPORTED
+
+    if group and not SUPPORTED:
+        pytest.skip(f"torch {torch.__version__}'s inductor takes no custom graph pass as a compile option (2.6 does)")
     torch._dynamo.reset()
     model, _ = calibrated(arch)
     with_random_alphas(model)

@@ -19,9 +19,15 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-__all__ = ["MAX_GROUP", "GroupSparseGemvs", "group_sparse_gemvs"]
+try:
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    SUPPORTED = True
+except ImportError:  # torch 2.4 has no custom pass inductor accepts as a compile option: the calls stay one per layer
+    CustomGraphPass, get_hash_for_files, SUPPORTED = object, None, False
+
+__all__ = ["MAX_GROUP", "SUPPORTED", "GroupSparseGemvs", "group_sparse_gemvs"]
 
 MAX_GROUP = 8  # SPON_MAX_GROUP in spon_plan.h: the most layers one call takes
 
