@@ -3,7 +3,8 @@ other linear.
 
 transformers 5 keeps a block's experts as 3-D tensors (`gate_up_proj` [E, 2I, H] or `up_proj`, and `down_proj`
 [E, H, I]; [E, in, out] where `is_transposed`), in classes marked by `@use_experts_implementation`, whose flags
-describe the layout (`has_gate`, `has_bias`, `is_transposed`, `has_post_expert_norm`). `unfuse_experts_` swaps each
+describe the layout (`has_gate`, `has_bias`, `is_transposed`, `has_post_expert_norm`; before transformers 5.3 there is
+no `has_gate` and every such module gates). `unfuse_experts_` swaps each
 such module for `ExpertLinears`: per expert, one linear layer per projection whose weight and bias are views of the
 same memory (nothing copied), and the eager loop over the experts the tokens picked, through the original module's
 own gating (`_apply_gate`: the gate/up layout, clamps and all), activation and post-expert norm. transformers 4 keeps
@@ -55,13 +56,19 @@ def _plain_3d(p) -> bool:
     return isinstance(p, nn.Parameter) and p.dim() == 3 and p.is_floating_point() and not p.is_meta
 
 
+def _has_flags(mod: nn.Module) -> bool:
+    """Marked by `@use_experts_implementation`: its flags `has_bias` and `is_transposed` (`has_gate` too from
+    transformers 5.3; before, every such module gated: `gate_up_proj`, `_apply_gate`)."""
+    return all(hasattr(mod, f) for f in ("has_bias", "is_transposed", "_apply_gate"))
+
+
 def is_fused_experts(mod: nn.Module) -> bool:
     """A transformers 5 experts module (`@use_experts_implementation`) whose weights are plain 3-D tensors and whose
     forward is the decorated dispatch itself; or one of the flagless layouts a probe recognises (`is_batched_experts`,
     `is_split_experts`, `is_glu_experts`)."""
     if isinstance(mod, ExpertLinears):
         return False
-    if not all(hasattr(mod, f) for f in ("has_gate", "has_bias", "is_transposed")):
+    if not _has_flags(mod):
         return is_batched_experts(mod) or is_split_experts(mod) or is_glu_experts(mod)
     if getattr(type(mod).forward, "__wrapped__", None) is None:  # a subclass's own forward around the dispatch (Ergo's
         return False  # per-route norm): swapping the module would skip it; left dense
@@ -195,10 +202,11 @@ class ExpertLinears(nn.Module):
     def __init__(self, fused: nn.Module):
         super().__init__()
         # "flags": transformers 5's layout flags; "batched": Llama 4's; "split": JetMoE's; "glu": DBRX's (module docstring)
-        self.kind = ("flags" if hasattr(fused, "has_gate") else "split" if is_split_experts(fused)
+        self.kind = ("flags" if _has_flags(fused) else "split" if is_split_experts(fused)
                      else "glu" if is_glu_experts(fused) else "batched")
         if self.kind == "flags":
-            self.has_gate, self.has_bias, self.is_transposed = fused.has_gate, fused.has_bias, fused.is_transposed
+            self.has_gate, self.has_bias = getattr(fused, "has_gate", True), fused.has_bias
+            self.is_transposed = fused.is_transposed
         else:
             self.has_gate, self.has_bias, self.is_transposed = self.batched, False, self.batched
         self.has_post_expert_norm = bool(getattr(fused, "has_post_expert_norm", False))
