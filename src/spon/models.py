@@ -135,11 +135,19 @@ def _gguf_progress():
         reader.tqdm = bar
 
 
-def _gguf_to_folder(gguf: Path) -> Path:
-    """Dequantise a GGUF file once into a cached safetensors folder; returns the folder."""
+def _gguf_cache_folder(gguf: Path) -> Path:
+    """Where a GGUF file's converted folder lies: keyed by the file and by the transformers that converts and reads it
+    (a tokenizer saved by transformers 5.0.0 and read by 5.3-5.24 encodes SmolLM2's text wrongly, silently)."""
+    import transformers
+
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    folder = cache_dir() / f"{gguf.stem}-{key}"
+    key = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
+    return cache_dir() / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _gguf_to_folder(gguf: Path) -> Path:
+    """Dequantise a GGUF file once (per transformers version) into a cached safetensors folder; returns the folder."""
+    folder = _gguf_cache_folder(gguf)
     if (folder / "config.json").exists():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer

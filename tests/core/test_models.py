@@ -75,6 +75,10 @@ def test_gguf_conversion_is_cached(monkeypatch, tmp_path, model_folder):
     assert calls == ["m.gguf"]  # dequantised once
     assert a.folder == b.folder and a.folder.parent == tmp_path / "cache"
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary left
+    # another transformers converts anew: a tokenizer one version saved may encode wrongly in another
+    monkeypatch.setattr(transformers, "__version__", transformers.__version__ + ".other")
+    c = spon.load_model(str(gguf))
+    assert calls == ["m.gguf", "m.gguf"] and c.folder != a.folder and c.folder.parent == a.folder.parent
 
 
 def test_device_map_goes_through_accelerate(model_folder, monkeypatch):
