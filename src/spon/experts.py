@@ -205,8 +205,8 @@ class ExpertLinears(nn.Module):
         self.kind = ("flags" if _has_flags(fused) else "split" if is_split_experts(fused)
                      else "glu" if is_glu_experts(fused) else "batched")
         if self.kind == "flags":
-            self.has_gate, self.has_bias = getattr(fused, "has_gate", True), fused.has_bias
-            self.is_transposed = fused.is_transposed
+            self.has_gate = getattr(fused, "has_gate", True)  # before transformers 5.3: no flag, always gated
+            self.has_bias, self.is_transposed = fused.has_bias, fused.is_transposed
         else:
             self.has_gate, self.has_bias, self.is_transposed = self.batched, False, self.batched
         self.has_post_expert_norm = bool(getattr(fused, "has_post_expert_norm", False))

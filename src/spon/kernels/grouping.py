@@ -24,7 +24,7 @@ try:
     from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
     SUPPORTED = True
-except ImportError:  # torch 2.4 has no custom pass inductor accepts as a compile option: the calls stay one per layer
+except ImportError:  # before torch 2.6 inductor takes no custom pass as a compile option: the calls stay one per layer
     CustomGraphPass, get_hash_for_files, SUPPORTED = object, None, False
 
 __all__ = ["MAX_GROUP", "SUPPORTED", "GroupSparseGemvs", "group_sparse_gemvs"]
