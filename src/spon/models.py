@@ -163,9 +163,30 @@ def _gguf_to_folder(gguf: Path) -> Path:
         with atomic_dir(folder) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            _check_saved_tokenizer(tok, tmp, gguf)
     except OSError as e:
         raise SponError(f"cannot write the converted model to {folder} ({e.strerror}); set SPON_CACHE to a writable folder") from None
     return folder
+
+
+# Text the tokenizer saved in the cache must encode exactly as the one converted from the GGUF file: code, prose,
+# digits, runs of spaces and tabs, accents, other scripts, an emoji.
+TOKENIZER_PROBE = "def f(x):\n    return x ** 2  # 3.14\n\n\tThe café's naïve 12345 — 文字 🙂 end."
+
+
+def _check_saved_tokenizer(tok, folder: Path, gguf: Path) -> None:
+    """Fail (so nothing is cached) where the tokenizer read back from `folder` encodes TOKENIZER_PROBE otherwise than
+    `tok`, the one converted from the GGUF file: a transformers release that writes or reads its own conversion wrongly
+    would otherwise tokenise every text wrongly, silently, with the right weights."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    want = tok(TOKENIZER_PROBE)["input_ids"]
+    got = AutoTokenizer.from_pretrained(str(folder))(TOKENIZER_PROBE)["input_ids"]
+    if got != want:
+        raise SponError(f"transformers {transformers.__version__} reads back the tokenizer it converted from {gguf.name} "
+                        f"differently (ids {got[:6]} against {want[:6]}); nothing was cached: use another transformers "
+                        "release (4.57.6 and 5.25.0 are tested)")
 
 
 def _auto_device() -> str:

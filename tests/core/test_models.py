@@ -81,6 +81,32 @@ def test_gguf_conversion_is_cached(monkeypatch, tmp_path, model_folder):
     assert calls == ["m.gguf", "m.gguf"] and c.folder != a.folder and c.folder.parent == a.folder.parent
 
 
+def test_a_tokenizer_read_back_otherwise_is_not_cached(monkeypatch, tmp_path):
+    """A transformers that reads back the converted tokenizer differently fails the conversion, leaving no cache."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setenv("SPON_CACHE", str(tmp_path / "cache"))
+    import transformers
+    from tokenizers import Tokenizer
+    from tokenizers import models as tok_models
+    from tokenizers import pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    def shifted():  # <unk> at another id, so the probe (all unknown words here) encodes otherwise
+        vocab = {"<bos>": 0, "<eos>": 1, "<unk>": 2, **{f"w{i}": i + 3 for i in range(93)}}
+        tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda s, **kw: make_model("llama"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda s, gguf_file=None, **kw: make_tokenizer() if gguf_file else shifted())
+    with pytest.raises(spon.SponError, match="reads back the tokenizer it converted from m.gguf differently") as e:
+        spon.load_model(str(gguf))
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "cache").iterdir())  # neither the folder nor a temporary
+
+
 def test_device_map_goes_through_accelerate(model_folder, monkeypatch):
     import transformers
 
