@@ -106,6 +106,10 @@ def test_pipeline_runs_and_compiled_decoding_matches_masked_dense(name):
     if name in {"gptj", *MOE} and int(T.__version__.split(".")[0]) < 5:
         return  # transformers 4's GPT-J (its attention's scale) and MoE blocks (a loop over the experts hit) do not
         # compile, dense or sparse
+    if name == "bloom" and (5, 18) <= tuple(int(v) for v in T.__version__.split(".")[:2]) <= (5, 20):
+        # (5.17 and 5.21 pass; the eager checks above ran)
+        pytest.skip("transformers 5.18-5.20's Bloom fails with any static cache, dense and eager in its own generate "
+                    "too (its alibi unpacks the attention mask as 2-D)")
     spon.compile_decode_(model)
     tokens, logits = _generate(model, prompt)
     with spon.masked_dense(model):  # the reference: F.linear on the masked input, the same compiled graph around it
