@@ -72,11 +72,12 @@ def random_ids(batch: int, seq: int, seed: int = 1) -> torch.Tensor:
 WORDS = [f"w{i}" for i in range(VOCAB - 3)]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over w0..w92 with <unk>, <bos>, <eos>; adds no BOS (like SmolLM2)."""
+def make_tokenizer(specials: tuple[str, str, str] = ("<unk>", "<bos>", "<eos>")) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over w0..w92 with <unk>, <bos>, <eos> at ids 0-2 in the order `specials` gives; adds no
+    BOS (like SmolLM2)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    vocab = {**{t: i for i, t in enumerate(specials)}, **{w: i + 3 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")

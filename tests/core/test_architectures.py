@@ -63,6 +63,7 @@ MORE = {
     "dbrx": (lambda: T.DbrxForCausalLM(dbrx_config()), 2),
 }
 MOE = {"mixtral", "qwen2_moe", "gpt_oss", "llama4", "jetmoe", "dbrx"}
+TF = tuple(int(v) for v in T.__version__.split(".")[:2])  # transformers (major, minor)
 PER_EXPERT = {"jetmoe": 4, "dbrx": 3}  # sparse layers an expert has where not 2 (gate_up, down) or transformers 4's 3
 pytestmark = [needs_cc]  # decoding through the kernels
 
@@ -103,10 +104,10 @@ def test_pipeline_runs_and_compiled_decoding_matches_masked_dense(name):
     prompt = random_ids(1, 7, seed=3)
     spon.prepare_decode_(model)
     assert len(spon.greedy_generate(model, prompt, 6, eos_token_id=None)) == 6  # eager, through the kernels
-    if name in {"gptj", *MOE} and int(T.__version__.split(".")[0]) < 5:
+    if name in {"gptj", *MOE} and TF < (5,):
         return  # transformers 4's GPT-J (its attention's scale) and MoE blocks (a loop over the experts hit) do not
         # compile, dense or sparse
-    if name == "bloom" and (5, 18) <= tuple(int(v) for v in T.__version__.split(".")[:2]) <= (5, 20):
+    if name == "bloom" and (5, 18) <= TF <= (5, 20):
         # (5.17 and 5.21 pass; the eager checks above ran)
         pytest.skip("transformers 5.18-5.20's Bloom fails with any static cache, dense and eager in its own generate "
                     "too (its alibi unpacks the attention mask as 2-D)")

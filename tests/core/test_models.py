@@ -87,20 +87,12 @@ def test_a_tokenizer_read_back_otherwise_is_not_cached(monkeypatch, tmp_path):
     gguf.write_bytes(b"GGUF")
     monkeypatch.setenv("SPON_CACHE", str(tmp_path / "cache"))
     import transformers
-    from tokenizers import Tokenizer
-    from tokenizers import models as tok_models
-    from tokenizers import pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
-    def shifted():  # <unk> at another id, so the probe (all unknown words here) encodes otherwise
-        vocab = {"<bos>": 0, "<eos>": 1, "<unk>": 2, **{f"w{i}": i + 3 for i in range(93)}}
-        tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
-
+    # read back with <unk> at another id, so the probe (all unknown words here) encodes otherwise
+    shifted = make_tokenizer(specials=("<bos>", "<eos>", "<unk>"))
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda s, **kw: make_model("llama"))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
-                        lambda s, gguf_file=None, **kw: make_tokenizer() if gguf_file else shifted())
+                        lambda s, gguf_file=None, **kw: make_tokenizer() if gguf_file else shifted)
     with pytest.raises(spon.SponError, match="reads back the tokenizer it converted from m.gguf differently") as e:
         spon.load_model(str(gguf))
     assert "\n" not in str(e.value)
