@@ -72,14 +72,22 @@ def random_ids(batch: int, seq: int, seed: int = 1) -> torch.Tensor:
 WORDS = [f"w{i}" for i in range(VOCAB - 3)]
 
 
-def make_tokenizer(specials: tuple[str, str, str] = ("<unk>", "<bos>", "<eos>")) -> PreTrainedTokenizerFast:
+def make_tokenizer(specials: tuple[str, str, str] = ("<unk>", "<bos>", "<eos>"),
+                   add_bos: bool | None = None) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over w0..w92 with <unk>, <bos>, <eos> at ids 0-2 in the order `specials` gives; adds no
-    BOS (like SmolLM2)."""
+    BOS (like SmolLM2). With `add_bos` set: one that adds BOS or not and rebuilds itself when `add_bos_token` moves
+    (transformers 5's fast tokenizers do; in 4, Llama's)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {**{t: i for i, t in enumerate(specials)}, **{w: i + 3 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if add_bos is not None:
+        from transformers import LlamaTokenizerFast
+
+        cls = PreTrainedTokenizerFast if hasattr(PreTrainedTokenizerFast, "update_post_processor") else LlamaTokenizerFast
+        return cls(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", add_bos_token=add_bos,
+                   add_eos_token=False)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
 
 

@@ -135,13 +135,16 @@ def _gguf_progress():
         reader.tqdm = bar
 
 
+CONVERSION = 2  # raised whenever spon's own conversion changes, so folders an older spon cached are converted anew
+
+
 def _gguf_cache_folder(gguf: Path) -> Path:
     """Where a GGUF file's converted folder lies: keyed by the file and by the transformers that converts and reads it
     (a tokenizer saved by transformers 5.0.0 and read by 5.3-5.24 encodes SmolLM2's text wrongly, silently)."""
     import transformers
 
     stat = gguf.stat()
-    key = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
+    key = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}:{CONVERSION}"
     return cache_dir() / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -155,6 +158,7 @@ def _gguf_to_folder(gguf: Path) -> Path:
     print(f"spon: dequantising {gguf.name} once into {folder} (about 20 s per 100M parameters)")
     with _gguf_progress():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _match_gguf_bos(tok, gguf)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are plain floats now; let save_pretrained write them
     if hasattr(model.config, "quantization_config"):
@@ -167,6 +171,37 @@ def _gguf_to_folder(gguf: Path) -> Path:
     except OSError as e:
         raise SponError(f"cannot write the converted model to {folder} ({e.strerror}); set SPON_CACHE to a writable folder") from None
     return folder
+
+
+def _gguf_adds_bos(gguf: Path) -> bool | None:
+    """The file's own `tokenizer.ggml.add_bos_token`; None where it does not say or cannot be read as GGUF."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
+    except (OSError, ValueError, IndexError):  # truncated or not GGUF: keep the tokenizer as transformers converted it
+        return None
+    return None if field is None else bool(field.parts[field.data[0]][0])
+
+
+def _match_gguf_bos(tok, gguf: Path) -> None:
+    """Start sequences with BOS exactly where the GGUF file says to. transformers 4.57.6 and 5.0.0 convert SmolLM2's
+    tokenizer with a BOS that its file's `add_bos_token` (false) leaves out, as llama.cpp and transformers 5.25 do:
+    every text would be scored, calibrated and prompted with a token the model's own recipe does not put there."""
+    from .evaluate import bos_token_id
+
+    def adds_bos() -> bool:
+        return bos_token_id(tok) is not None
+
+    want = _gguf_adds_bos(gguf)
+    if want is None or adds_bos() == want:
+        return
+    tok.add_bos_token = want  # Llama-style fast tokenizers (transformers 4 and 5) rebuild their post-processor from it
+    if adds_bos() == want:
+        tok.init_kwargs["add_bos_token"] = want  # saved with the folder, so it reads back the same
+    else:
+        print(f"spon: note: {gguf.name} says add_bos_token={want}, but its tokenizer as transformers converts it "
+              f"({type(tok).__name__}) {'adds none' if want else 'adds one'}; kept as converted")
 
 
 # Text the tokenizer saved in the cache must encode exactly as the one converted from the GGUF file: code, prose,

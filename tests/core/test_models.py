@@ -99,6 +99,26 @@ def test_a_tokenizer_read_back_otherwise_is_not_cached(monkeypatch, tmp_path):
     assert not list((tmp_path / "cache").iterdir())  # neither the folder nor a temporary
 
 
+@pytest.mark.parametrize("file_adds_bos", [False, True])
+def test_the_cached_tokenizer_adds_bos_as_the_gguf_file_says(monkeypatch, tmp_path, file_adds_bos):
+    """transformers 4.57.6 and 5.0.0 convert SmolLM2's tokenizer with a BOS its file's add_bos_token leaves out."""
+    import gguf as gguf_lib
+    import transformers
+
+    gguf = tmp_path / "m.gguf"
+    writer = gguf_lib.GGUFWriter(str(gguf), "llama")
+    writer.add_add_bos_token(file_adds_bos)
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    monkeypatch.setenv("SPON_CACHE", str(tmp_path / "cache"))
+    real_tok = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda s, **kw: make_model("llama"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",  # converted the other way round
+                        lambda s, gguf_file=None, **kw: make_tokenizer(add_bos=not file_adds_bos) if gguf_file
+                        else real_tok(s, **kw))
+    lm = spon.load_model(str(gguf))  # the tokenizer as read back from the cached folder
+    assert lm.tokenizer("w1 w2")["input_ids"] == ([1, 4, 5] if file_adds_bos else [4, 5])
+
+
 def test_device_map_goes_through_accelerate(model_folder, monkeypatch):
     import transformers
 
