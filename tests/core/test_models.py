@@ -108,7 +108,10 @@ def test_the_cached_tokenizer_adds_bos_as_the_gguf_file_says(monkeypatch, tmp_pa
     gguf = tmp_path / "m.gguf"
     writer = gguf_lib.GGUFWriter(str(gguf), "llama")
     writer.add_add_bos_token(file_adds_bos)
-    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     monkeypatch.setenv("SPON_CACHE", str(tmp_path / "cache"))
     real_tok = transformers.AutoTokenizer.from_pretrained
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda s, **kw: make_model("llama"))
