@@ -2,7 +2,7 @@
 
 Usage: python scripts/ab_grouping.py --model smollm2 --artifact ART [--dtype float32] [--rounds 6] [--out ab.json]
 
-One process, two copies of the sparse+SPON model, both compiled with a static KV cache (`spon.decode.compile_decode_`),
+One process, two copies of the sparse+SPON model, both compiled with a static KV cache (`spon.serving.decode.compile_decode_`),
 one with the grouping pass and one without; 64 greedy tokens per round, the two alternated round by round after a
 warm-up round that compiles (timed apart). Prints tokens/s per round, the medians and the median of the per-round
 ratios (grouped / one call per layer) with their range, and checks that both give the same tokens.
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from spon.atomic import write_text
+from spon.io.atomic import write_text
 from spon.bench.decode import greedy_decode
-from spon.decode import compile_decode_, prepare_decode_
-from spon.jobs import open_model
-from spon.machine import machine
+from spon.serving.decode import compile_decode_, prepare_decode_
+from spon.pipeline import open_model
+from spon.serving.machine import machine
 
 
 def main() -> None:

@@ -8,14 +8,14 @@ import contextlib, json, statistics, sys, time
 
 import torch
 
-from spon.atomic import atomic_file
+from spon.io.atomic import atomic_file
 from spon.bench.decode import byte_bound, greedy_decode, round_ratios
 from spon.bench.llama_cpp import open_llama_cpp
-from spon.decode import compile_decode_, prepare_decode_, warm_guards
-from spon.jobs import open_model
-from spon.machine import machine
-from spon.models import load_model
-from spon.sparsify import measure_sparsity
+from spon.serving.decode import compile_decode_, prepare_decode_, warm_guards
+from spon.pipeline import open_model
+from spon.serving.machine import machine
+from spon.io.models import load_model
+from spon.sparsity.sparsify import measure_sparsity
 
 model, dtype, art_a, art_b, rounds, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(2)

@@ -7,8 +7,8 @@ import sys
 import torch
 
 from spon import load_model, load_artifact, load_splits, tokenize, sparse_modules, EvalProtocol
-from spon.evaluate import bos_token_id, evaluate_variants, window_scores
-from spon.sparsify import dense as dense_ctx
+from spon.evaluation.evaluate import bos_token_id, evaluate_variants, window_scores
+from spon.sparsity.sparsify import dense as dense_ctx
 art, gammas = sys.argv[1], [float(g) for g in sys.argv[2].split(",")]
 torch.manual_seed(0)
 lm = load_model(sys.argv[3] if len(sys.argv) > 3 else "smollm2", "float32")

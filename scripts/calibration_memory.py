@@ -28,7 +28,7 @@ def rss_bytes() -> int:
 def one(model: str, tokens: int, text: str) -> dict:
     import spon
     from spon import pipeline
-    from spon.data import load_splits
+    from spon.io.data import load_splits
 
     lm = spon.load_model(model)
     splits = load_splits(text)
@@ -61,7 +61,7 @@ def main() -> None:
     if a.one is not None:
         print(json.dumps(one(a.model, a.one, a.text)))
         return
-    from spon.data import load_splits
+    from spon.io.data import load_splits
 
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "text.txt"
@@ -72,7 +72,7 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    from spon.calibrate import SAMPLES_PER_LAYER
+    from spon.sparsity.calibrate import SAMPLES_PER_LAYER
 
     result = {"model": a.model, "samples_per_layer": SAMPLES_PER_LAYER,
               "bound_mib": round(8 * SAMPLES_PER_LAYER * rows[0]["layers"] / 2**20, 1), "rows": rows}

@@ -81,7 +81,7 @@ def _has(cfg, key: str) -> bool:
 def check(model_type: str) -> str:
     import torch
     import spon
-    from spon.data import sequences
+    from spon.io.data import sequences
     stage = "build"
     try:
         model = tiny(model_type)

@@ -77,7 +77,7 @@ def gaussian_case(x: torch.Tensor, wt: torch.Tensor, s: float) -> tuple[float, t
 def kernel_sweep() -> list[dict]:
     """The Triton kernel's block sizes and warps on the two 4096x14336 bf16 shapes at 0/50/90% sparsity, GPU time
     alone (CUDA graph replay), against cuBLAS timed the same way."""
-    from spon.kernels.triton_gemv import triton_gemv
+    from spon.serving.kernels.triton_gemv import triton_gemv
 
     rows = []
     g = torch.Generator(device="cuda").manual_seed(2)
@@ -107,8 +107,8 @@ def kernel_sweep() -> list[dict]:
 
 def correctness_checks() -> dict:
     """Every dtype, odd shapes, bias or none, three thresholds: the Triton kernel and the operator against float64."""
-    from spon.kernels import op  # noqa: F401  registers torch.ops.spon.*
-    from spon.kernels.triton_gemv import triton_gemv
+    from spon.serving.kernels import op  # noqa: F401  registers torch.ops.spon.*
+    from spon.serving.kernels.triton_gemv import triton_gemv
 
     g = torch.Generator(device="cuda").manual_seed(1)
     checked, failures = 0, []
@@ -140,7 +140,7 @@ def correctness_checks() -> dict:
 
 
 def gemv_checks() -> list[dict]:
-    from spon.kernels.triton_gemv import triton_gemv
+    from spon.serving.kernels.triton_gemv import triton_gemv
 
     rows = []
     g = torch.Generator(device="cuda").manual_seed(0)

@@ -6,9 +6,9 @@ import json
 import sys
 
 from spon import load_model, load_artifact, load_splits, tokenize, sparse_modules, EvalProtocol, evaluate_variants
-from spon.evaluate import bos_token_id
-from spon.init import init_alphas_
-from spon.train import TrainConfig, init_sequences, training_sequences
+from spon.evaluation.evaluate import bos_token_id
+from spon.training.alphas import init_alphas_
+from spon.training.train import TrainConfig, init_sequences, training_sequences
 lm = load_model("smollm2", "float32")
 load_artifact(lm.model, sys.argv[1])  # the seed-0 artifact: its thresholds are what calibration gives at seed 0
 for m in sparse_modules(lm.model).values():

@@ -15,11 +15,11 @@ import time
 import torch
 
 from spon import EvalProtocol, TrainConfig, calibrate_, load_artifact, load_model, load_splits, sparse_modules, tokenize, train_spon_
-from spon.atomic import write_text
-from spon.bootstrap import paired_bootstrap
-from spon.data import sequences
-from spon.evaluate import bos_token_id, gap_recovered, window_scores
-from spon.sparsify import dense, measure_sparsity, without_spon
+from spon.io.atomic import write_text
+from spon.evaluation.intervals import paired_bootstrap
+from spon.io.data import sequences
+from spon.evaluation.evaluate import bos_token_id, gap_recovered, window_scores
+from spon.sparsity.sparsify import dense, measure_sparsity, without_spon
 
 ap = argparse.ArgumentParser()
 ap.add_argument("artifact")

@@ -1,4 +1,4 @@
-"""Check `spon.experts` on every transformers model type whose experts are fused (`@use_experts_implementation`):
+"""Check `spon.sparsity.experts` on every transformers model type whose experts are fused (`@use_experts_implementation`):
 build a tiny random model from the default config shrunk (hidden 64, 2 layers, 4 experts, top-2), and compare its
 logits dense, with the experts unfused, and sparsified with nothing dropped (thresholds -1). A type whose tiny config
 does not build or run dense is reported as such (a config problem, not spon's).
@@ -15,7 +15,7 @@ import torch
 import transformers as T
 
 import spon
-from spon.experts import fuse_experts_, unfuse_experts_
+from spon.sparsity.experts import fuse_experts_, unfuse_experts_
 
 SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
              moe_intermediate_size=32, num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2,

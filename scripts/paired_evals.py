@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from spon.bootstrap import paired_ratio
+from spon.evaluation.intervals import paired_ratio
 
 
 def windows(path: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:

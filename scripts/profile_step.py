@@ -9,9 +9,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from spon.bench.decode import greedy_decode
-from spon.decode import compile_decode_, prepare_decode_, warm_guards
-from spon.jobs import open_model
-from spon.models import load_model
+from spon.serving.decode import compile_decode_, prepare_decode_, warm_guards
+from spon.pipeline import open_model
+from spon.io.models import load_model
 
 model, dtype, art = sys.argv[1], sys.argv[2], sys.argv[3]
 top = int(sys.argv[4]) if len(sys.argv) > 4 else 12

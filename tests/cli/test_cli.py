@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import make_model, make_tokenizer, random_text
-from spon.cli import main
+from spon.cli.main import main
 
 FAST = ["--quiet", "--calib-tokens", "512", "--steps", "3", "--seq-len", "32"]
 EVAL = ["--ctx-len", "32"]
@@ -92,6 +92,7 @@ def test_calibrate_train_eval_export_generate(capsys, model_folder, big_text, tm
     assert code == 2 and "already folded" in one_line_error(err) and not (tmp_path / "again" / "spon_config.json").exists()
 
 
+@pytest.mark.slow  # over 20 s: the full suite runs it, the fast selection does not
 def test_models_with_their_own_code_need_trust_remote_code_in_every_command(capsys, custom_code_folder, big_text, tmp_path):
     cal, exp = tmp_path / "cal", tmp_path / "exported"
     code, _, err = run(capsys, "calibrate", "--model", custom_code_folder, "--data", big_text, "--out", cal, "--quiet")
@@ -196,6 +197,7 @@ def test_eval_scores_a_whole_file_and_the_dense_model_without_an_artifact(capsys
     assert code == 0 and json.loads(out)["tokens"] < words // 3 and json.loads(out)["data"]["split"] == "evaluation"
 
 
+@pytest.mark.slow  # over 20 s: the full suite runs it, the fast selection does not
 def test_eval_nudges_reports_the_rounding_floor_and_refuses_what_it_cannot_nudge(capsys, model_folder, big_text, tmp_path):
     cal = tmp_path / "cal"
     assert run(capsys, "calibrate", "--model", model_folder, "--data", big_text, "--out", cal, "--quiet", "--calib-tokens", "512")[0] == 0

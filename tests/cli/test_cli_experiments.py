@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import needs_cc, random_text
-from spon.cli import main
+from spon.cli.main import main
 
 
 def test_sweep_cli_writes_table_plots_and_artifacts(capsys, model_folder, tmp_path):
@@ -72,7 +72,7 @@ def test_greedy_allocation_cli_writes_per_module_overrides(capsys, model_folder,
     import json
 
     from conftest import random_text
-    from spon.cli import main
+    from spon.cli.main import main
 
     text = tmp_path / "t.txt"
     text.write_text(random_text(6000))
@@ -88,7 +88,7 @@ def test_compare_cli_runs_every_method(capsys, model_folder, tmp_path):
     import json
 
     from conftest import random_text
-    from spon.cli import main
+    from spon.cli.main import main
 
     text = tmp_path / "t.txt"
     text.write_text(random_text(20000, distinct=8))
@@ -117,7 +117,7 @@ def test_bench_decode_cli(capsys, model_folder, tmp_path):
     import json
 
     from conftest import random_text
-    from spon.cli import main
+    from spon.cli.main import main
 
     text = tmp_path / "t.txt"
     text.write_text(random_text(4000))
@@ -152,6 +152,7 @@ def test_diagnose_cli(capsys, model_folder, tmp_path):
     assert "sparse" in r["drift"] and (out / "drift.png").is_file() and (out / "always_active.png").is_file()
 
 
+@pytest.mark.slow  # over 20 s: the full suite runs it, the fast selection does not
 def test_report_gathers_eval_sweep_and_diagnose(capsys, model_folder, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(random_text(20000, distinct=8))
@@ -197,7 +198,7 @@ def test_sweep_with_several_seeds_reports_their_spread(capsys, model_folder, tmp
 @needs_cc
 @pytest.mark.slow
 def test_bench_decode_compiled_rows(capsys, model_folder, tmp_path, monkeypatch):
-    import spon.decode_head as dh
+    import spon.serving.decode_head as dh
 
     timed = []  # the head's timed choice, made once: the compiled copy takes the eager copy's path
     monkeypatch.setattr(dh.DecodeHead, "choose_path", lambda self: (timed.append(1), "kernel" if len(timed) == 1 else "torch")[1])

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import COMMON, make_tokenizer, random_text
-from spon.cli import main
+from spon.cli.main import main
 
 FAST = ["--quiet", "--calib-tokens", "512", "--steps", "2", "--seq-len", "32"]
 
@@ -124,14 +124,14 @@ def test_truncated_safetensors_without_checksum(capsys, model_folder, text, arti
 
 
 def test_out_of_disk(capsys, model_folder, text, tmp_path, monkeypatch):
-    import spon.artifact
+    import spon.io.artifact
 
     def full_disk(tensors, path):
         with open(path, "wb") as f:
             f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spon.artifact, "save_file", full_disk)
+    monkeypatch.setattr(spon.io.artifact, "save_file", full_disk)
     out = tmp_path / "o"
     msg = fails(capsys, ["calibrate", "--model", model_folder, "--data", text, "--out", out, "--quiet", "--calib-tokens", "512"])
     assert "out of disk space" in msg

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import random_text
-from spon.cli import main
+from spon.cli.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_harness_scores_each_variant_of_the_in_memory_model(capsys, model_folder
     acc = {v: res[v]["results"]["spon_local_mc"]["acc,none"] for v in ("dense", "sparse")}
 
     import spon
-    from spon.jobs import open_model
+    from spon.pipeline import open_model
 
     lm, _ = open_model(str(model_folder), artifact=str(art))
     with spon.dense(lm.model):

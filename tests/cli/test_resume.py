@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import make_model, random_ids, random_text
 from spon import SparsityConfig, TrainConfig, calibrate_, sparse_modules, sparsify_, train_spon_
-from spon.cli import main
+from spon.cli.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,8 @@ TRAIN = ["--quiet", "--calib-tokens", "1024", "--seq-len", "32", "--batch-size",
          "--steps", "12", "--lr", "1e-3"]
 KILL = textwrap.dedent("""
     import os, signal, sys
-    import spon.jobs as P
-    from spon.cli import main
+    import spon.pipeline as P
+    from spon.cli.main import main
     train = P.train_spon_
     def killed_at_7(*args, **kw):
         kw["on_step"] = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 7 else None

@@ -4,7 +4,7 @@ calibrate, a few training steps, fold, then decode eager and compiled. Each mode
 Fused projections (Phi-3's qkv_proj / gate_up_proj, GPT-NeoX's query_key_value), other layer names (OPT's fc1/fc2,
 Bloom's dense_h_to_4h), q/k norms (Qwen3, OLMo2), parallel blocks (GPT-J, Cohere) and mixtures of experts (Mixtral,
 Qwen2-MoE, GPT-OSS, Llama 4, JetMoE, DBRX: transformers 5 keeps experts as 3-D tensors, unfused into per-expert linears
-by `spon.experts`, as are Llama 4's and JetMoE's on transformers 4 and 5 and DBRX's row-stacked ones on 5;
+by `spon.sparsity.experts`, as are Llama 4's and JetMoE's on transformers 4 and 5 and DBRX's row-stacked ones on 5;
 transformers 4's GPT-OSS experts have no layout flags and stay dense, named in a notice) all go through the same
 module swap, with no code of their own. Compiled steps are checked against masked-dense steps compiled the
 same way (tests/kernels/test_compile.py does eager against compiled on the main six)."""
@@ -19,8 +19,8 @@ import transformers as T
 
 import spon
 from conftest import COMMON, VOCAB, needs_cc, random_ids, with_random_alphas
-from spon.data import sequences
-from spon.experts import is_fused_experts
+from spon.io.data import sequences
+from spon.sparsity.experts import is_fused_experts
 
 def dbrx_config():
     return T.DbrxConfig(d_model=32, n_heads=4, n_layers=2, max_seq_len=256, vocab_size=VOCAB,
@@ -68,6 +68,7 @@ PER_EXPERT = {"jetmoe": 4, "dbrx": 3}  # sparse layers an expert has where not 2
 pytestmark = [needs_cc]  # decoding through the kernels
 
 
+@pytest.mark.slow  # the whole pipeline plus torch.compile, 17 times: ~10 minutes on 2 cores
 @pytest.mark.parametrize("name", sorted(MORE))
 def test_pipeline_runs_and_compiled_decoding_matches_masked_dense(name):
     build, per_block = MORE[name]
@@ -104,9 +105,9 @@ def test_pipeline_runs_and_compiled_decoding_matches_masked_dense(name):
     prompt = random_ids(1, 7, seed=3)
     spon.prepare_decode_(model)
     assert len(spon.greedy_generate(model, prompt, 6, eos_token_id=None)) == 6  # eager, through the kernels
-    if name in {"gptj", *MOE} and TF < (5,):
-        return  # transformers 4's GPT-J (its attention's scale) and MoE blocks (a loop over the experts hit) do not
-        # compile, dense or sparse
+    if name in {"gptj", *MOE} and TF < (5,):  # (the eager checks above ran)
+        pytest.skip("transformers 4's GPT-J (its attention's scale) and MoE blocks (a loop over the experts hit) do not "
+                    "compile, dense or sparse")
     if name == "bloom" and (5, 18) <= TF <= (5, 20):
         # (5.17 and 5.21 pass; the eager checks above ran)
         pytest.skip("transformers 5.18-5.20's Bloom fails with any static cache, dense and eager in its own generate "

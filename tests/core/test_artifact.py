@@ -5,7 +5,7 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, random_ids, with_random_alphas
-from spon.artifact import CONFIG_NAME, TENSORS_NAME
+from spon.io.artifact import CONFIG_NAME, TENSORS_NAME
 
 IDENTITY = {"name": "tiny", "architecture": "test"}
 

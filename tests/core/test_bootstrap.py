@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from spon.bootstrap import paired_bootstrap, paired_ratio
+from spon.evaluation.intervals import paired_bootstrap, paired_ratio
 
 
 def test_identical_windows_give_a_point_interval_at_the_perplexity():

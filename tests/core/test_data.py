@@ -4,7 +4,7 @@ import types
 import pytest
 
 import spon
-from spon.data import assign_blocks, split_documents
+from spon.io.data import assign_blocks, split_documents
 
 
 def test_pydoc_splits_are_deterministic_disjoint_and_sized():
@@ -78,7 +78,7 @@ def test_unreachable_hub_dataset_is_one_clear_error(monkeypatch):
 def test_sequences_with_and_without_bos():
     import torch
 
-    from spon.data import sequences
+    from spon.io.data import sequences
 
     ids = torch.arange(10, 30)
     assert sequences(ids, 8).tolist() == [list(range(10, 18)), list(range(18, 26))]
@@ -98,5 +98,5 @@ def test_a_mixture_interleaves_each_split_of_its_parts_in_proportion():
             in_b = sum(len(p) for p in prefix.split("\n\n") if p in b)
             assert abs(in_b / len(prefix) - share) < 0.1, (part, frac, in_b / len(prefix), share)
     assert both.source["name"] == "pydoc+stdlib" and "interleaved with" in both.source["description"]
-    text, source = spon.data.load_eval_text("pydoc+stdlib")
+    text, source = spon.io.data.load_eval_text("pydoc+stdlib")
     assert text == both.evaluation and source["split"] == "evaluation"  # named corpora: their held-out parts

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import spon
 from conftest import calibrated, make_model, random_ids, with_random_alphas
-from spon.evaluate import _windows
+from spon.evaluation.evaluate import _windows
 
 
 def manual_nll(model, seq):

@@ -8,7 +8,7 @@ import transformers as T
 
 import spon
 from conftest import COMMON, random_ids, with_random_alphas
-from spon.experts import ExpertLinears, fuse_experts_, is_fused_experts, unfuse_experts_
+from spon.sparsity.experts import ExpertLinears, fuse_experts_, is_fused_experts, unfuse_experts_
 
 MOE = {
     "mixtral": lambda: T.MixtralForCausalLM(T.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)),
@@ -173,8 +173,8 @@ def test_expert_layers_count_in_the_byte_bound_by_the_share_of_tokens_that_reach
 def test_greedy_allocation_weighs_experts_by_the_tokens_that_reach_them():
     """The block average the allocation keeps is over the weights a token reads (k of E experts): the model then runs
     at the target per token; weighing every expert in full, this tiny model ran at 44.8% for a 50% target."""
-    from spon.allocate import _usage, block_of, greedy_allocate_
-    from spon.calibrate import sample_scores
+    from spon.sparsity.allocate import _usage, block_of, greedy_allocate_
+    from spon.sparsity.calibrate import sample_scores
 
     model = build("qwen2_moe")
     cfg = spon.SparsityConfig(sparsity=0.5, allocation="greedy")
@@ -195,7 +195,7 @@ def test_greedy_allocation_weighs_experts_by_the_tokens_that_reach_them():
 
 
 def test_expert_layers_keep_a_k_over_e_share_of_the_calibration_sample_and_are_never_routers():
-    from spon.calibrate import MIN_EXPERT_SAMPLES, SAMPLES_PER_LAYER, _capacities
+    from spon.sparsity.calibrate import MIN_EXPERT_SAMPLES, SAMPLES_PER_LAYER, _capacities
 
     torch.manual_seed(0)  # 64 experts whose gate_up has 64 outputs: the router's shape, yet experts
     model = T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**COMMON, num_experts=64, num_experts_per_tok=2, moe_intermediate_size=32,

@@ -8,7 +8,7 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, random_ids, with_random_alphas
-from spon.greedy import greedy_generate, greedy_token
+from spon.serving.greedy import greedy_generate, greedy_token
 
 
 def _hf_greedy(model, ids, n, **kw):
@@ -108,7 +108,7 @@ def test_more_than_one_sequence_or_a_model_that_cannot_decode_is_refused():
 def test_static_cache_in_either_transformers_versions_form(monkeypatch):
     import transformers
 
-    from spon.greedy import _static_cache
+    from spon.serving.greedy import _static_cache
 
     made = []
 

@@ -7,9 +7,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import spon
 from conftest import COMMON, needs_cc
-from spon import huge_pages as hp
-from spon.kernels.cpu import rows_readable
-from spon.decode import head_on_huge_pages, layers_on_huge_pages, prepare_decode_
+from spon.serving import huge_pages as hp
+from spon.serving.kernels.cpu import rows_readable
+from spon.serving.decode import head_on_huge_pages, layers_on_huge_pages, prepare_decode_
 
 needs_thp = pytest.mark.skipif(not hp.huge_pages_available(), reason="no transparent huge pages on this system")
 

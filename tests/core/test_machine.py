@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from spon.machine import describe_machine, machine
+from spon.serving.machine import describe_machine, machine
 
 
 def test_description_names_the_cpu_model_and_threads():

@@ -2,7 +2,7 @@ import pytest
 
 import spon
 from conftest import make_model, make_tokenizer, random_ids
-from spon import models
+from spon.io import models
 
 
 def test_local_folder(model_folder):

@@ -3,8 +3,8 @@ import torch
 
 import spon
 from conftest import calibrated, random_ids, with_random_alphas
-from spon.evaluate import evaluate_variants
-from spon.nudge import jittered_thresholds, nudged_thresholds, rounding_floor
+from spon.evaluation.evaluate import evaluate_variants
+from spon.evaluation.nudge import jittered_thresholds, nudged_thresholds, rounding_floor
 
 PROTO = spon.EvalProtocol(ctx_len=16, stride=16)
 

@@ -1,5 +1,4 @@
-"""Every `spon.NAME` the README (and docs/DECODING.md, its decode details) names exists: a function of the package or
-one of its modules."""
+"""Every `spon.NAME` the README and the pages of docs/ name exists: a function of the package or one of its modules."""
 
 import importlib
 import re
@@ -9,7 +8,7 @@ import spon
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-DOCS = (README, ROOT / "docs" / "DECODING.md")
+DOCS = (README, *sorted((ROOT / "docs").glob("*.md")))
 
 
 def _resolve(dotted: str):
@@ -22,7 +21,7 @@ def _resolve(dotted: str):
 
 def test_every_name_the_readme_gives_exists():
     pattern = r"(?<![\w.])spon\.([A-Za-z_][\w.]*\w)"
-    assert {"prepare_decode_", "compile_decode_", "warm_guards"} <= set(re.findall(pattern, README.read_text()))
+    assert {"prepare_decode_", "compile_decode_", "greedy_generate"} <= set(re.findall(pattern, README.read_text()))
     names = {n for doc in DOCS for n in re.findall(pattern, doc.read_text())}
     missing = []
     for name in sorted(names):
@@ -31,4 +30,4 @@ def test_every_name_the_readme_gives_exists():
         except (AttributeError, ModuleNotFoundError):
             missing.append(name)
     assert not missing, f"the docs name spon.{missing} but the package has no such name"
-    assert spon.warm_guards is spon.decode.warm_guards
+    assert spon.warm_guards is spon.serving.decode.warm_guards

@@ -6,8 +6,8 @@ import os
 import pytest
 
 import spon
-from spon.data import sequences
-from spon.train import Teacher, validation_kl
+from spon.io.data import sequences
+from spon.training.train import Teacher, validation_kl
 
 pytestmark = pytest.mark.real
 

@@ -1,6 +1,6 @@
 import torch
 
-from spon.reservoir import Reservoir
+from spon.sparsity.reservoir import Reservoir
 
 
 def _stream(n_batches=6, size=1000):

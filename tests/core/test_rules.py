@@ -34,7 +34,7 @@ def test_rule_runs_hits_its_target_and_keeps_dense_exact(arch, rule, selection, 
     with torch.no_grad():
         torch.testing.assert_close(reference(input_ids=ids).logits, sparse_logits)
     spon.unsparsify_(reference)
-    assert not spon.sparse_modules(reference) and not spon.sparsify.sparse_activations(reference)
+    assert not spon.sparse_modules(reference) and not spon.sparsity.sparsify.sparse_activations(reference)
 
 
 def test_wina_keeps_other_entries_than_magnitude():
@@ -65,7 +65,7 @@ def test_cats_zeroes_the_same_channels_for_up_and_down():
     seen = {}
     down = spon.sparse_modules(model)["model.layers.0.mlp.down_proj"]
     h = down.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
-    act = spon.sparsify.sparse_activations(model)["model.layers.0.mlp.act_fn"]
+    act = spon.sparsity.sparsify.sparse_activations(model)["model.layers.0.mlp.act_fn"]
     h2 = act.register_forward_hook(lambda m, args, out: seen.setdefault("a", out))
     with torch.no_grad():
         model(input_ids=random_ids(1, 16))
@@ -80,7 +80,7 @@ def test_unknown_rule_is_refused():
 
 
 def test_greedy_allocation_keeps_the_weighted_average_per_block(arch):
-    from spon.allocate import block_of, greedy_allocate_
+    from spon.sparsity.allocate import block_of, greedy_allocate_
 
     model = make_model(arch)
     cfg = spon.SparsityConfig(sparsity=0.5, allocation="greedy")
@@ -105,8 +105,8 @@ def test_greedy_allocation_keeps_the_weighted_average_per_block(arch):
 def test_greedy_allocation_keeps_what_the_overrides_pin_and_the_head_is_a_block_of_its_own(arch):
     import re
 
-    from spon.allocate import block_of, greedy_allocate_
-    from spon.sparsify import output_head
+    from spon.sparsity.allocate import block_of, greedy_allocate_
+    from spon.sparsity.sparsify import output_head
 
     model = make_model(arch)
     head = output_head(model)[0]

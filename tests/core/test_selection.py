@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spon.selection import (
+from spon.sparsity.selection import (
     apply_to_positions, column_norms, keep_count, keep_mask, low_rank, score, sparsified_positions, sparsify,
     threshold_from_samples,
 )

@@ -6,7 +6,7 @@ from torch import nn
 
 import spon
 from conftest import LINEARS_PER_BLOCK, calibrated, make_model, random_ids, with_random_alphas
-from spon.sparse_linear import is_linear
+from spon.sparsity.sparse_linear import is_linear
 
 
 def test_swaps_every_decoder_linear_and_nothing_else(arch):
@@ -132,7 +132,7 @@ def test_sparsity_out_of_range(bad):
 
 
 def test_sparsify_head_adds_the_output_head_by_role_and_an_artifact_keeps_it(arch, tmp_path):
-    from spon.sparse_linear import SparseLinear
+    from spon.sparsity.sparse_linear import SparseLinear
 
     model, cfg = calibrated(arch, sparsify_head=True)
     head = model.get_output_embeddings()
@@ -258,7 +258,7 @@ def test_no_notice_where_every_block_weight_is_sparsified(arch, recwarn):
 def test_the_cli_shows_the_librarys_notices_as_one_line():
     import io
 
-    from spon.cli import _show_warning
+    from spon.cli.main import _show_warning
 
     out = io.StringIO()
     _show_warning(UserWarning("spon: 57% of the ..."), UserWarning, "x.py", 1, file=out)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import spon
 from conftest import calibrated, make_model, random_ids, with_random_alphas
-from spon.sparsify import decode_as_sparse_suffix
+from spon.sparsity.sparsify import decode_as_sparse_suffix
 
 
 def _logits(model, ids):
@@ -47,7 +47,7 @@ def test_decode_mode_prefill_is_dense_with_spon_and_steps_sparse():
 
 def _decode_logits(model, ids, prompt_len):
     """Logits of every position after the prompt as generation computes them: prefill, then one token per step."""
-    from spon.greedy import cache_argument, cache_of
+    from spon.serving.greedy import cache_argument, cache_of
 
     with torch.no_grad():
         out = model(input_ids=ids[:, :prompt_len], use_cache=True)
@@ -92,7 +92,7 @@ def test_forward_code_calls_no_slice_indices():
     import ast
     import inspect
 
-    from spon import selection, sparse_activation, sparse_linear
+    from spon.sparsity import selection, sparse_activation, sparse_linear
 
     for module in (selection, sparse_activation, sparse_linear):
         calls = [n for n in ast.walk(ast.parse(inspect.getsource(module)))

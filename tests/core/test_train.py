@@ -3,7 +3,7 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, random_ids
-from spon.train import Teacher, lr_at, validation_scores
+from spon.training.train import Teacher, lr_at, validation_scores
 
 
 def streams():
@@ -44,7 +44,7 @@ def test_too_little_text_is_a_clear_error():
 
 
 def test_topk_kl_matches_exact_kl_when_teacher_mass_is_in_the_top_k():
-    from spon.kl import kl_per_token, kl_topk, topk_teacher
+    from spon.training.kl import kl_per_token, kl_topk, topk_teacher
 
     g = torch.Generator().manual_seed(0)
     teacher = torch.randn(2, 5, 50, generator=g) * 4
@@ -65,7 +65,7 @@ def test_zero_vectors_are_kept_when_training_only_hurts():
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_vectors(monkeypatch):
-    import spon.train as train_mod
+    import spon.training.train as train_mod
 
     model, _ = calibrated("llama", 0.6)
     train_ids, _ = streams()
@@ -105,7 +105,7 @@ def test_the_result_counts_the_distinct_training_sequences_drawn():
 
 
 def test_mean_dropped_is_the_mean_of_what_sparsity_removes():
-    from spon.init import mean_dropped
+    from spon.training.alphas import mean_dropped
 
     x = torch.tensor([[[0.1, 2.0, -0.2], [-0.3, 0.05, 3.0]]])  # [1, 2, 3]
     total, n = mean_dropped(x, torch.tensor(0.25))
@@ -113,7 +113,7 @@ def test_mean_dropped_is_the_mean_of_what_sparsity_removes():
 
 
 def test_init_alphas_sets_the_mean_dropped_input():
-    from spon.init import init_alphas_
+    from spon.training.alphas import init_alphas_
 
     model, _ = calibrated("llama", 0.6)
     ids = random_ids(2, 32, seed=3)
@@ -141,7 +141,7 @@ def test_mean_dropped_start_is_kept_only_if_it_beats_zeros():
 
 
 def test_topk_kl_keeps_precision_and_gradient_when_the_top_k_holds_almost_all_mass():
-    from spon.kl import kl_topk, topk_teacher
+    from spon.training.kl import kl_topk, topk_teacher
 
     vocab, k = 200, 4
     teacher = torch.full((1, 1, vocab), -30.0)
@@ -190,7 +190,7 @@ def test_calibration_progress_bar_knows_its_total(capsys):
 
 
 def test_training_sequences_are_a_seeded_draw_of_distinct_whole_sequences():
-    from spon.train import init_sequences, training_sequences
+    from spon.training.train import init_sequences, training_sequences
 
     ids = torch.arange(64 * 10)  # ten 64-token sequences, each recognisable by its first token
     cfg = spon.TrainConfig(seq_len=64, train_sequences=6, batch_size=2, seed=1)

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from spon.experiments.plots import _yerr, plot_compare
+from spon.io.plots import _yerr, plot_compare
 
 
 def _row(method: str, sparse: float, spon: float | None, ci: dict | None) -> dict:

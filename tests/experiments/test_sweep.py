@@ -5,11 +5,11 @@ import torch
 
 from conftest import make_model, random_ids
 from spon import SparsityConfig, TrainConfig, calibrate_, fold_, sparsify_
-from spon.artifact import load_artifact, save_artifact
-from spon.sparsify import without_spon
-from spon.experiments.plots import layer_and_kind
+from spon.io.artifact import load_artifact, save_artifact
+from spon.sparsity.sparsify import without_spon
+from spon.io.plots import layer_and_kind
 from spon.experiments.sweep import iso_sparsity, summarise
-from spon.train import spon_parameters_, train_spon_
+from spon.training.train import spon_parameters_, train_spon_
 
 
 def test_iso_sparsity_interpolates_log_perplexity():
@@ -68,7 +68,7 @@ def test_spon_on_mlp_trains_only_mlp_vectors():
     # random tiny models have nothing to generalise: validate on training tokens (as test_train does)
     result = train_spon_(model, ids, ids[:256], cfg, progress=False)
     assert result.kept == "trained"
-    from spon.sparsify import sparse_modules
+    from spon.sparsity.sparsify import sparse_modules
 
     mods = sparse_modules(model)
     assert any(bool(m.alpha.any()) for n, m in mods.items() if ".mlp." in n)
@@ -88,7 +88,7 @@ def test_output_space_neurons_train_fold_and_round_trip(arch, tmp_path):
     cfg = TrainConfig(steps=12, batch_size=4, seq_len=64, eval_every=4, warmup=2, lr=1e-3, neurons=3)
     ids = random_ids(1, 1024, seed=5).view(-1)
     result = train_spon_(model, ids, ids[:256], cfg, progress=False)
-    from spon.sparsify import sparse_modules
+    from spon.sparsity.sparsify import sparse_modules
 
     m = next(iter(sparse_modules(model).values()))
     assert m.neurons.shape == (m.out_features, 3) and result.kept == "trained"

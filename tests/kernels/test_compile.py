@@ -8,9 +8,9 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, needs_cc, random_ids, with_random_alphas
-from spon.decode import attention_of, compile_decode_, masked_dense, prepare_decode_, set_attention, warm_guards
-from spon.greedy import greedy_generate
-from spon.kernels import op  # noqa: F401  (registers the operators)
+from spon.serving.decode import attention_of, compile_decode_, masked_dense, prepare_decode_, set_attention, warm_guards
+from spon.serving.greedy import greedy_generate
+from spon.serving.kernels import op  # noqa: F401  (registers the operators)
 
 pytestmark = [needs_cc, pytest.mark.slow]
 
@@ -62,7 +62,7 @@ def test_multi_operator_gives_each_layer_its_own_call(dtype):
     assert [y.shape for y in got] == [(1, 1, 48), (1, 1, 16), (1, 1, 33)] and all(y.dtype == dtype for y in got)
     for y, w, b, t in zip(got, wt, bias, tau):
         assert torch.equal(y, torch.ops.spon.sparse_gemv(x, w, b, t))
-    from spon.kernels.op import sparse_gemv_multi_op  # the Python implementation (CUDA, or no C++ build)
+    from spon.serving.kernels.op import sparse_gemv_multi_op  # the Python implementation (CUDA, or no C++ build)
 
     for y, want in zip(got, sparse_gemv_multi_op(x, wt, bias, tau)):
         torch.testing.assert_close(y, want, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2)
@@ -73,7 +73,7 @@ def test_multi_operator_gives_each_layer_its_own_call(dtype):
 
 
 def test_graph_pass_groups_calls_that_share_an_input_and_only_those():
-    from spon.kernels.grouping import group_sparse_gemvs
+    from spon.serving.kernels.grouping import group_sparse_gemvs
 
     g = torch.Generator().manual_seed(2)
     wq, wk, wo = (torch.randn(16, n, generator=g) for n in (16, 8, 16))
@@ -109,7 +109,7 @@ def test_python_operator_implementation_serves_the_cpu_where_the_cpp_one_is_off(
     here = Path(__file__).resolve().parent
     script = (
         "import torch\n"
-        "from spon.kernels import op\n"
+        "from spon.serving.kernels import op\n"
         "assert not op.native_cpu\n"
         "g = torch.Generator().manual_seed(0)\n"
         "for dt in (torch.float32, torch.bfloat16):\n"
@@ -156,7 +156,7 @@ def test_prepare_decode_lays_siblings_side_by_side_and_each_layer_reads_the_same
     plain, _ = calibrated(arch)
     with_random_alphas(plain)
     ids = random_ids(1, 6, seed=3)
-    from spon.decode import siblings
+    from spon.serving.decode import siblings
 
     groups = siblings(model)
     assert sorted(len(g) for g in groups) == sorted(_layers_per_input(model, ids))
@@ -185,7 +185,7 @@ def test_prepare_decode_lays_siblings_side_by_side_and_each_layer_reads_the_same
 
 @pytest.mark.parametrize("group", [True, False], ids=["grouped", "one-call-per-layer"])
 def test_compiled_steps_equal_eager_steps(arch, group):
-    from spon.kernels.grouping import SUPPORTED
+    from spon.serving.kernels.grouping import SUPPORTED
 
     if group and not SUPPORTED:
         pytest.skip(f"torch {torch.__version__}'s inductor takes no custom graph pass as a compile option (2.6 does)")

@@ -6,8 +6,8 @@ import torch
 
 import spon
 from conftest import calibrated, make_model, needs_cc, random_ids
-from spon.decode import decode_backend, masked_dense, prepare_decode_
-from spon.kernels import cpu, reference_gemv, sparse_gemv
+from spon.serving.decode import decode_backend, masked_dense, prepare_decode_
+from spon.serving.kernels import cpu, reference_gemv, sparse_gemv
 
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=1e-2, rtol=1e-2)}
 SHAPES = [(1, 1), (7, 3), (33, 65), (576, 1536), (1000, 17), (34, 21)]  # (out, in): odd sizes hit every tail loop,
@@ -51,7 +51,7 @@ def test_dense_head_kernel_matches_linear(dtype):
     """The output head's dense GEMV on nn.Linear's [out, in] layout: W x + b, for any row count (tails of four)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from spon.kernels import op  # noqa: F401
+    from spon.serving.kernels import op  # noqa: F401
 
     g = torch.Generator().manual_seed(1)
     for n_out, n_in in [(1, 1), (7, 3), (33, 65), (1000, 17), (70, 34), (4099, 576)]:  # odd, paired, AVX512-BF16 inputs
@@ -163,7 +163,7 @@ def test_triton_kernel_matches_reference_in_interpreter():
     here = Path(__file__).resolve().parent
     script = (
         "import torch, test_kernels as t\n"
-        "from spon.kernels import triton_gemv as tg\n"
+        "from spon.serving.kernels import triton_gemv as tg\n"
         "assert tg.triton_available()\n"
         "n = 0\n"
         "for dt, x, wt, bias, tau in t.cases([torch.float16, torch.bfloat16, torch.float32]):\n"
@@ -198,7 +198,7 @@ def test_decode_path_matches_masked_dense(arch, dtype):
     prepare_decode_(model)
     assert decode_backend(model) == "cpu"
     assert all(not m.alpha.any() and m.folded for m in spon.sparse_modules(model).values())
-    from spon.decode_head import DecodeHead
+    from spon.serving.decode_head import DecodeHead
 
     assert isinstance(model.get_output_embeddings(), DecodeHead) and model.get_output_embeddings().weight is head.weight
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_decode_path_matches_masked_dense(arch, dtype):
 @needs_cc
 def test_bench_gemv_reports_ratios_and_bandwidth(tmp_path):
     from spon.bench.gemv import bench_gemv
-    from spon.experiments.plots import plot_gemv
+    from spon.io.plots import plot_gemv
 
     import statistics
 
@@ -257,7 +257,7 @@ def test_decode_follows_weights_replaced_after_prepare():
 
 @needs_cc
 def test_decode_backend_reports_what_each_layer_uses():
-    from spon.decode import decode_backends
+    from spon.serving.decode import decode_backends
 
     model, _ = calibrated("llama")
     assert decode_backend(model) == "none"
@@ -314,7 +314,7 @@ def test_greedy_decode_gives_every_token_past_an_end_of_text_token():
 def test_head_takes_the_gemv_that_times_faster_here(monkeypatch):
     import types
 
-    import spon.decode_head as dh
+    import spon.serving.decode_head as dh
 
     linear = torch.nn.Linear(64, 300)
     assert dh.DecodeHead(linear, "torch").path == "torch" and dh.DecodeHead(linear, "kernel").path == "kernel"
@@ -419,7 +419,7 @@ def test_a_head_sparsified_on_request_keeps_its_tie_folds_exactly_and_decodes_li
     models), takes a SPON vector folded into a bias of vocabulary size, and serves single tokens through the sparse
     GEMV, not the dense `DecodeHead`."""
     from spon.bench.decode import byte_bound
-    from spon.sparse_linear import SparseLinear
+    from spon.sparsity.sparse_linear import SparseLinear
 
     model = make_model(arch)
     head_weight = model.get_output_embeddings().weight

@@ -29,17 +29,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import ensure_writable_dir
-from ..config import SparsityConfig, opt
-from ..errors import SponError
-from ..decode import (attention_of, decode_backend, head_on_huge_pages, head_path, layers_on_huge_pages, masked_dense,
+from spon.io.atomic import ensure_writable_dir
+from spon.config import SparsityConfig, opt
+from spon.errors import SponError
+from spon.serving.decode import (attention_of, decode_backend, head_on_huge_pages, head_path, layers_on_huge_pages, masked_dense,
                       prepare_decode_)
-from ..models import ModelArgs
-from ..machine import machine
-from ..greedy import greedy_generate
-from ..huge_pages import huge_page_bytes
-from ..sparsify import measure_sparsity, sparse_modules, without_spon
-from .output import write_json
+from spon.io.models import ModelArgs
+from spon.serving.machine import machine
+from spon.serving.greedy import greedy_generate
+from spon.serving.huge_pages import huge_page_bytes
+from spon.sparsity.sparsify import measure_sparsity, sparse_modules, without_spon
+from spon.bench.output import write_json
 
 __all__ = ["greedy_decode", "bench_decode", "byte_bound", "round_ratios", "VARIANTS", "DecodeBench", "run_decode_bench"]
 
@@ -123,7 +123,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         "masked_dense": (sparse_model, lambda: masked_dense(sparse_model), run),
     }
     if compiled is not None:
-        from ..decode import compile_decode_, warm_guards
+        from spon.serving.decode import compile_decode_, warm_guards
 
         cd, cs = compiled
         prepare_decode_(cs, head=head_path(sparse_model) or "auto")  # the eager copy's timed choice: one head for both
@@ -169,7 +169,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
 
     return {
         "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats,
-        "loop": "spon.greedy.greedy_generate: one forward per token (every row but llama.cpp's)",
+        "loop": "spon.serving.greedy.greedy_generate: one forward per token (every row but llama.cpp's)",
         "backend": decode_backend(sparse_model), "head": head_path(sparse_model), "tokens_per_s": rate, "round_spread": spread,
         "head_on_huge_pages": head_on_huge_pages(sparse_model),
         "layers_on_huge_pages": layers_on_huge_pages(sparse_model),
@@ -222,12 +222,12 @@ class DecodeBench(ModelArgs):
 
 
 def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
-    from ..data import load_splits
-    from ..jobs import calibrate_model, open_model
-    from ..experiments.plots import plot_decode
-    from ..models import load_model
-    from .gemv import parse_dtypes
-    from .llama_cpp import open_llama_cpp
+    from spon.io.data import load_splits
+    from spon.pipeline import calibrate_model, open_model
+    from spon.io.plots import plot_decode
+    from spon.io.models import load_model
+    from spon.bench.gemv import parse_dtypes
+    from spon.bench.llama_cpp import open_llama_cpp
 
     dtypes = parse_dtypes(cfg.dtypes, ("float32", "bfloat16", "float16"))
     if cfg.llama_gguf and len(dtypes) > 1:

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..atomic import ensure_writable_dir
-from ..config import opt
-from ..errors import SponError
-from ..kernels import GemvPlan, cpu_kernel, reference_gemv
-from ..machine import machine
-from .output import write_json
+from spon.io.atomic import ensure_writable_dir
+from spon.config import opt
+from spon.errors import SponError
+from spon.serving.kernels import GemvPlan, cpu_kernel, reference_gemv
+from spon.serving.machine import machine
+from spon.bench.output import write_json
 
 __all__ = ["bench_gemv", "read_bandwidth", "POOL_BYTES", "GemvBench", "run_gemv_bench", "parse_shapes", "parse_dtypes"]
 
@@ -139,7 +139,7 @@ class GemvBench:
 
 
 def run_gemv_bench(cfg: GemvBench, progress: bool = True) -> str:
-    from ..experiments.plots import plot_gemv
+    from spon.io.plots import plot_gemv
 
     shapes, dtypes = parse_shapes(cfg.shapes), parse_dtypes(cfg.dtypes, tuple(DTYPES))
     out = ensure_writable_dir(cfg.out) if cfg.out else None

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_file
-from ..errors import SponError
-from ..models import EMBEDDED_MODELS, cache_dir, resolve_gguf
+from spon.io.atomic import atomic_file
+from spon.errors import SponError
+from spon.io.models import EMBEDDED_MODELS, cache_dir, resolve_gguf
 
 __all__ = ["LLAMA_CPP_INSTALL", "FTYPES", "source_gguf", "requantised_gguf", "LlamaCpp", "open_llama_cpp"]
 

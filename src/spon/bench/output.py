@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..atomic import ensure_writable_dir, write_text
+from spon.io.atomic import ensure_writable_dir, write_text
 
 __all__ = ["write_json"]
 

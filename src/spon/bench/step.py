@@ -17,15 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..atomic import ensure_writable_dir
-from ..config import SparsityConfig, TrainConfig, opt
-from ..models import ModelArgs
-from ..machine import machine
-from ..errors import SponError
-from ..evaluate import next_token_nll
-from ..sparsify import sparse_modules
-from ..train import Teacher, lr_at, spon_parameters_
-from .output import write_json
+from spon.io.atomic import ensure_writable_dir
+from spon.config import SparsityConfig, TrainConfig, opt
+from spon.io.models import ModelArgs
+from spon.serving.machine import machine
+from spon.errors import SponError
+from spon.evaluation.evaluate import next_token_nll
+from spon.sparsity.sparsify import sparse_modules
+from spon.training.train import Teacher, lr_at, spon_parameters_
+from spon.bench.output import write_json
 
 __all__ = ["bench_step", "StepBench", "run_step_bench"]
 
@@ -120,9 +120,9 @@ class StepBench(ModelArgs):
 
 
 def run_step_bench(cfg: StepBench, progress: bool = True) -> str:
-    from ..data import load_splits, sequences, tokenize
-    from ..evaluate import bos_token_id
-    from ..jobs import calibrate_model, open_model
+    from spon.io.data import load_splits, sequences, tokenize
+    from spon.evaluation.evaluate import bos_token_id
+    from spon.pipeline import calibrate_model, open_model
 
     if cfg.out:
         ensure_writable_dir(cfg.out)

