@@ -271,18 +271,15 @@ def compile_decode_(model: nn.Module, *, fullgraph: bool = True, group_projectio
     attention: the attention implementation the compiled graphs use (Hugging Face's `attn_implementation`). "auto":
     "eager" on CPU (the reference attention in plain torch ops, which inductor fuses into the step) and the model's own
     elsewhere; a name ("eager", "sdpa", ...) forces one; None keeps the model's. On CPU a single token's SDPA kernel
-    call costs more than the attention itself: measured 2026-11-30 (AMD EPYC, 2 threads, bf16, compiled, one process
-    per setting; `docs/results/bench-cpu/attention/`), "eager" against "sdpa" made SmolLM2 and Qwen2.5-0.5B decode
-    faster, dense and sparse alike. The scores of a long prompt are materialised ([heads, L, L] per layer) in prefill.
+    call costs more than the attention itself, so "eager" decodes faster there, dense and sparse alike
+    (docs/RESULTS.md, `docs/results/bench-cpu/attention/`). The scores of a long prompt are materialised ([heads, L, L] per layer) in prefill.
 
     group_projections: sparse layers that read the same input (q/k/v; gate/up) take one operator call per group
     (`kernels.grouping`, a graph pass), for sparse models only (a dense graph has nothing to group). With the siblings'
     weights side by side (`prepare_decode_`'s default) the call reads one row per kept input for the whole group.
-    Grouped and side by side, in one huge-page arena, against neither (2026-12-01, AMD EPYC, 2 threads, sparse+SPON
-    compiled, one process per model alternating the copies, median of the paired round ratios;
-    `docs/results/bench-cpu/fused-rows/`): SmolLM2 1.12x fp32, 1.02x bf16; Qwen2.5-0.5B 1.04x fp32, 1.09x bf16. A
-    layer called alone on side-by-side weights reads a strided part of each row: slower than on its own matrix (SmolLM2
-    bf16: 0.95x), so leave this on unless the layers were prepared with `fuse_siblings=False`.
+    Grouped and side by side is a few percent to ~10% faster than neither (docs/RESULTS.md,
+    `docs/results/bench-cpu/fused-rows/`). A layer called alone on side-by-side weights reads a strided part of each
+    row, slower than on its own matrix, so leave this on unless the layers were prepared with `fuse_siblings=False`.
     """
     import torch._inductor.config as inductor_config
 
@@ -338,8 +335,8 @@ def warm_guards() -> Iterator[None]:
     (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`), not the hundreds that check every module and tensor.
 
     For serving after a warm-up that ran every state the block will see (each switch such as `without_spon` or
-    `masked_dense` once): a state never seen before could reuse a graph silently. Measured on SmolLM2 fp32
-    (2026-11-30, AMD EPYC, 2 threads): sparse+SPON compiled 1.08x faster [1.03, 1.14] inside, HF dense compiled 1.02x.
+    `masked_dense` once): a state never seen before could reuse a graph silently. What it saves is a fixed cost per
+    step, so it matters most on small models (docs/RESULTS.md).
     """
     with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
         yield

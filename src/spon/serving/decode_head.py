@@ -6,11 +6,9 @@ same parameters (ties survive): one token's logits go through `torch.ops.spon.de
 own GEMV, whichever `choose_path` timed faster on this weight on this machine; longer inputs and anything that needs
 gradients through F.linear. `unsparsify_` puts the plain `nn.Linear` back.
 
-Which is faster depends on the host (2026-11-30, float32 heads from memory, 2 threads): on a Xeon torch's GEMV took
-SmolLM2's 49152x576 head in 5.1 ms against the kernel's 6.1 and Qwen2.5-0.5B's 151936x896 in 18.3 against 22.8; on an
-AMD EPYC the kernel took 5.8 against 10.3 ms and 20.7 against 39.5 ms. Since then the kernel reads one row at a time
-and `prepare_decode_` puts the weight on huge pages first (`huge_pages`): on the EPYC, Qwen2.5-0.5B's bf16 head went
-from 12.0 to 5.3 ms in a compiled step (2026-12-01).
+Which of the two is faster depends on the host (on some CPUs torch's GEMV wins, on others ours by nearly 2x), so the
+choice is timed where the model runs rather than fixed; `prepare_decode_` also puts the weight on huge pages first
+(`huge_pages`). The measurements are in docs/RESULTS.md ("The output head").
 """
 
 from __future__ import annotations

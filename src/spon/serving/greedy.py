@@ -1,9 +1,8 @@
 """Greedy batch-1 decoding with nothing around the forward: one model call per token.
 
 Hugging Face's `generate` runs Python around every forward (input preparation, logits processors, stopping criteria,
-bookkeeping): on a compiled SmolLM2 bf16 sparse+SPON step of ~10 ms, calling the same compiled forward from this loop
-instead was 1.039x as fast (median of 10 rounds alternated in one process, range 1.014-1.082; 2026-12-01, AMD EPYC,
-2 threads; docs/results/bench-cpu/greedy-loop/). `greedy_generate` keeps the KV cache itself: a static one for a model `compile_decode_`
+bookkeeping), which is a visible share of a small model's compiled step of a few milliseconds; this loop calls the same
+compiled forward with nothing around it (the A/B is in docs/RESULTS.md). `greedy_generate` keeps the KV cache itself: a static one for a model `compile_decode_`
 compiled (so its graphs are reused from step to step), the model's own dynamic one otherwise. It needs a forward that
 takes a cache and positions (Hugging Face causal LMs do, under either version's names); any other model goes through
 `generate`, with the same tokens.
@@ -49,9 +48,8 @@ def greedy_token(logits: torch.Tensor) -> int:
     """The index of the largest of a vocabulary's logits (1-D, or [1, V]): the first one, as `argmax` gives it (a NaN
     counts as the largest, as there).
 
-    On the CPU torch's argmax walks a vocabulary one element at a time, while its max reduction is vectorised: over
-    Qwen2.5-0.5B's 151,936 bf16 logits argmax took 547 us against 42 us here, SmolLM2's 49,152 178 against 25,
-    Gemma-3's 262,144 943 against 50 (2026-12-01, AMD EPYC, 2 threads), against a ~27 ms compiled decode step. So on the
+    On the CPU torch's argmax walks a vocabulary one element at a time, while its max reduction is vectorised, so over a
+    vocabulary of 50k-260k logits argmax costs ten times as much (docs/RESULTS.md has the timings). So on the
     CPU it finds the maximum of each run of CHUNK logits, then the first run holding the largest, then the first
     index of that run's maximum: the same index in three small reductions. Elsewhere (a GPU) it is argmax.
     """

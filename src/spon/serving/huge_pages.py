@@ -7,12 +7,10 @@ allocations are not marked. `move_to_huge_pages_` copies a tensor into marked, 2
 swaps `.data` in place, so a weight tied to the embeddings stays tied. Where the system has no such pages (other
 OSes, THP off) nothing is moved.
 
-`decode.prepare_decode_` moves the output head's weight: with the head GEMV reading one row at a time, Qwen2.5-0.5B's
-bf16 head streamed at ~58 GB/s on 2 MB pages against ~25 GB/s on 4 kB pages (2026-11-30, AMD EPYC, 2 threads;
-docs/RESULTS.md, decode speed). It also lays the sparse layers' input-major weights out in one huge-page arena
-(`huge_slices`, in module order): the row-gathering kernel gains less there, a whole step of Qwen2.5-0.5B's 168 layers
-at 50% took 0.95x the time in float32 and 0.98x in bfloat16 (2026-12-01, AMD EPYC, 2 threads, alternated in one
-process).
+`decode.prepare_decode_` moves the output head's weight: a GEMV that streams a large weight front to back reads it
+about twice as fast from 2 MB pages as from 4 kB ones, whose TLB misses stall the stream. It also lays the sparse
+layers' input-major weights out in one huge-page arena (`huge_slices`, in module order): the row-gathering kernel
+gains less there, a few percent of a step. The measurements are in docs/RESULTS.md (decode speed).
 """
 
 from __future__ import annotations

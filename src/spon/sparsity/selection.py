@@ -89,8 +89,7 @@ def sparsified_positions(seq_len: int, tokens: str, last_fraction: float) -> sli
     "all": every position. "decode": only single-token forwards (generation steps after prefill).
     "last": positions from round(T * (1 - last_fraction)) on; a single-token forward is always a decode step.
     The slice's start and stop are always given, within [0, seq_len], so callers read them directly: `slice.indices`
-    is a builtin that torch.compile cannot trace in torch 2.11 (a graph break, an error under fullgraph; seen on a GPU
-    machine, 2026-12-04), though 2.13 traces it.
+    is a builtin that torch.compile cannot trace in some torch releases (2.11: a graph break, an error under fullgraph).
     """
     if tokens == "all" or seq_len == 1:
         return slice(0, seq_len)

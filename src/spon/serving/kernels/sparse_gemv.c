@@ -138,8 +138,7 @@ SPON_ADD_ROWS(add_rows_bf16, uint16_t, bf16)
  * rows it prefetches the same line of the next pass's rows: another 15-25% (a 896-wide bf16 row is 28 lines, too
  * short a stream for the hardware prefetchers to ramp up; the same on fp32 rows measured no gain, so they keep the
  * plain loop). The prefetch brings the line into L2 only (prefetcht1): against prefetcht0 a whole step's 168 layers
- * of Qwen2.5-0.5B's shapes at 50% took 0.93x the time, its down projections 0.86x (2026-11-30, AMD EPYC, 2 threads,
- * alternated in one process), as if fewer prefetches waited on L1's miss buffers. The accumulator holds even columns
+ * of Qwen2.5-0.5B's shapes at 50% took 0.93x the time, its down projections 0.86x (alternated in one process; docs/RESULTS.md), as if fewer prefetches waited on L1's miss buffers. The accumulator holds even columns
  * in acc[0:w/2] and odd ones in acc[w/2:w]; segments start and end on even columns. */
 static inline float lo_bf16(uint32_t w) { uint32_t u = w << 16; float f; memcpy(&f, &u, sizeof f); return f; }
 static inline float hi_bf16(uint32_t w) { uint32_t u = w & 0xffff0000u; float f; memcpy(&f, &u, sizeof f); return f; }
@@ -209,8 +208,8 @@ static int paired(const spon_plan *p) {
  * output head, whose weight is tied to the embeddings and stored this way, so it is read without a copy. x is
  * widened to float32 once (xf: in floats); each thread takes a contiguous slice of the outputs and reads them one
  * row at a time, front to back: one ascending stream per thread, which the hardware prefetcher follows at the
- * memory's full rate, where several rows read side by side (four or eight a pass before) held it to ~25 GB/s
- * (2026-11-30, AMD EPYC, Qwen2.5-0.5B's 151936x896 head on 2 MB pages; docs/RESULTS.md, decode speed). */
+ * memory's full rate, where several rows read side by side (four or eight a pass before) held it to about half
+ * that rate (docs/RESULTS.md, decode speed). */
 #define SPON_DENSE(NAME, WTYPE, LOAD)                                                                      \
     static void NAME(const void *x, const WTYPE *w, const void *bias, int bias_bf16, void *y, int io_bf16,        \
                      float *xf, int64_t in, int64_t out, int nthreads) {                                   \

@@ -55,10 +55,9 @@ def triton_gemv(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None, ta
                 block_n: int = 256, block_k: int = 64, k_chunk: int = 256, num_warps: int = 4) -> torch.Tensor:
     """x: [in]; wt: [in, out] contiguous (fp16, bf16 or fp32); bias: [out] or None. Returns [out] in x's dtype.
 
-    The block sizes are the fastest of 37 tried on an H200 (2026-12-04, `scripts/gpu_checks.py --sweep`, bf16
-    4096x14336 and its transpose at 0/50/90% sparsity, GPU time from CUDA graph replay): 43-53 us a call against
-    78-88 us with the former 128/32/512, cuBLAS's dense GEMV 30-33 us. The kernel stays slower than cuBLAS even at
-    90% sparsity (0.56-0.75x): `docs/results/gpu-h200/`.
+    The block sizes are the fastest of those `scripts/gpu_checks.py --sweep` tries on bf16 4096x14336 and its
+    transpose; even so this kernel has been slower than cuBLAS's dense GEMV at every sparsity measured
+    (docs/RESULTS.md, `docs/results/gpu-h200/`).
     """
     import triton
 
