@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spon.io.artifact import is_artifact, load_artifact, save_artifact
-from spon.io.atomic import atomic_dir, ensure_writable_dir
+from spon.io.artifact import check_artifact_path, is_artifact, load_artifact, save_artifact
+from spon.io.atomic import atomic_dir, check_new_output, ensure_writable_dir
 from spon.evaluation.intervals import paired_bootstrap
 from spon.sparsity.calibrate import calibrate_
 from spon.config import SparsityConfig, TrainConfig
@@ -34,6 +34,8 @@ def open_model(
     """Load a model, and an artifact onto it: the one given, or the one inside an exported folder.
 
     check_weights: refuse an artifact saved from other weights (see `load_artifact`)."""
+    if artifact is not None:
+        check_artifact_path(artifact)  # before a load that can take minutes
     lm = load_model(spec, dtype, device_map=device_map, trust_remote_code=trust_remote_code)
     meta = None
     if artifact is not None:
@@ -118,9 +120,13 @@ def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProto
 
 
 def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, check_weights: bool = True,
-                 trust_remote_code: bool = False) -> Path:
-    """Write a model folder (base weights + tokenizer + folded SPON artifact) that `load_model` runs sparse."""
+                 trust_remote_code: bool = False, overwrite: bool = False) -> Path:
+    """Write a model folder (base weights + tokenizer + folded SPON artifact) that `load_model` runs sparse.
+
+    `out` must be new, empty, or (with overwrite) an earlier export: a folder holding anything else is refused."""
     out_path = Path(out)
+    check_new_output(out_path, is_artifact, "exported model folder", overwrite)
+    check_artifact_path(artifact)
     ensure_writable_dir(out_path.parent)
     lm = load_model(spec, dtype, trust_remote_code=trust_remote_code)
     with atomic_dir(out_path) as tmp:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spon import distributed as dd
-from spon.io.artifact import save_artifact
-from spon.io.atomic import ensure_writable_dir, write_text
+from spon.io.artifact import is_artifact, save_artifact
+from spon.io.atomic import check_new_output, ensure_writable_dir, write_text
 from spon.config import SparsityConfig, TrainConfig, opt
 from spon.io.data import PARTS, load_eval_text, load_splits
 from spon.errors import SponError
@@ -57,6 +57,7 @@ def calibrate(cfg: CalibrateJob | TrainJob, progress: bool = True) -> str:
         dd.require_everywhere(ckpt.is_file(), f"nothing to resume: no checkpoint at {ckpt}; run without --resume",
                               f"the checkpoint {ckpt} is visible to process 0 only; --resume under torchrun needs OUT on a "
                               "filesystem every process shares")
+    check_new_output(cfg.out, lambda p: is_artifact(p) or (p / "checkpoint.pt").is_file(), "artifact", overwrite=True)
     ensure_writable_dir(cfg.out)
     splits = load_splits(cfg.data)
     lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact if training else None, cfg.device_map,
@@ -177,12 +178,13 @@ class ExportJob(ModelArgs):
     """Write a folded model folder that `spon` loads and runs sparse."""
 
     artifact: str = opt(None, "the artifact to fold in", type="str", required=True)
-    out: str = opt(None, "model folder to write", type="str", required=True)
+    out: str = opt(None, "model folder to write (new or empty)", type="str", required=True)
+    overwrite: bool = opt(False, "replace an earlier spon export in --out (a folder holding anything else is refused)")
 
 
 def export(cfg: ExportJob, progress: bool = True) -> str:
     path = export_model(cfg.model, cfg.artifact, cfg.out, cfg.dtype, check_weights=not cfg.ignore_weights,
-                        trust_remote_code=cfg.trust_remote_code)
+                        trust_remote_code=cfg.trust_remote_code, overwrite=cfg.overwrite)
     return f"spon: wrote {path}; run it with `spon generate --model {path} --prompt ...`"
 
 

@@ -12,6 +12,7 @@ import warnings
 
 from spon.config import check_sparsity
 from spon.errors import SponError
+from spon.io.atomic import remove_created_dirs
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -104,6 +105,31 @@ NOT_OFFERED = {
 }
 
 
+# Whole-number options are counts of at least 1, except these (their least value). Checked by the parser, before any
+# model is loaded.
+LEAST = {"train.seq_len": 2, "protocol.ctx_len": 2, "seq_len": 2, "train.warmup": 0, "train.teacher_topk": 0,
+         "train.neurons": 0, "train.seed": 0, "nudges": 0}
+# text options that must not be empty (an empty prompt has nothing to continue; an empty task list nothing to run)
+NOT_EMPTY = {"prompt", "tasks", "data", "model", "out", "artifact", "include_path", "eval_data"}
+
+
+def _checked(parse, path: str, is_int: bool):
+    """`parse`, then the option's bounds: a count >= LEAST (default 1), a text option in NOT_EMPTY non-blank."""
+    least = LEAST.get(path, 1)
+    name = path.rpartition(".")[2]
+
+    def check(text: str):
+        value = parse(text)
+        if is_int and value is not None and value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        if name in NOT_EMPTY and isinstance(value, str) and not value.strip():
+            raise argparse.ArgumentTypeError("must not be empty")
+        return value
+
+    check.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in its messages
+    return check
+
+
 def _default_text(default) -> str:
     if isinstance(default, tuple):
         return ",".join(str(v) for v in default) or "none"
@@ -136,8 +162,10 @@ def _add_flags(p: argparse.ArgumentParser, cls, command: str = "") -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
         else:
             parse = PARSERS[meta["type"]] if "type" in meta else type(default)
+            parse = _checked(parse, path, meta.get("type") == "int" or (isinstance(default, int) and parse is int))
             if not meta.get("required"):
-                kw["help"] += f" (default: {_default_text(default).replace('%', '%%')})"
+                shown = meta.get("shown_default") or _default_text(default)
+                kw["help"] += f" (default: {shown.replace('%', '%%')})"
             metavar = None if "choices" in kw else f.name.upper()
             group.add_argument(flag, type=parse, default=default, required=meta.get("required", False), metavar=metavar, **kw)
     own.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -231,9 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         init_from_env()  # under torchrun: join the process group (gloo on CPU, nccl on GPUs)
         return run(args)
     except SponError as e:
+        remove_created_dirs()  # a failed command leaves no empty output folder behind
         print(f"spon: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        remove_created_dirs()
         print("spon: interrupted", file=sys.stderr)
         return 130
     finally:

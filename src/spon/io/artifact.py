@@ -116,12 +116,22 @@ def save_artifact(model: nn.Module, path: str | Path, identity: dict, **info) ->
     return path
 
 
+def check_artifact_path(path: str | Path) -> Path:
+    """The artifact's config file, or one line saying what is wrong with `path` (cheap: checked before any model loads)."""
+    path = Path(path)
+    if not path.exists():
+        raise SponError(f"artifact {path} not found; give the folder `spon calibrate` or `spon train` wrote")
+    if not path.is_dir():
+        raise SponError(f"artifact {path} is a file; give the folder `spon calibrate` or `spon train` wrote")
+    if not (path / CONFIG_NAME).is_file():
+        raise SponError(f"{path} is not a spon artifact (no {CONFIG_NAME}); make one with `spon calibrate` or `spon train`")
+    return path / CONFIG_NAME
+
+
 def read_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The JSON and tensors of an artifact folder, after format, version and checksum checks."""
     path = Path(path)
-    cfg, ten = path / CONFIG_NAME, path / TENSORS_NAME
-    if not cfg.is_file():
-        raise SponError(f"{path} is not a spon artifact (no {CONFIG_NAME}); make one with `spon calibrate` or `spon train`")
+    cfg, ten = check_artifact_path(path), path / TENSORS_NAME
     try:
         meta = json.loads(cfg.read_text())
     except (OSError, json.JSONDecodeError) as e:

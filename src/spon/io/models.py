@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import difflib
 import importlib.util
+import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +44,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ModelArgs:
     """Which model every command loads."""
 
-    model: str = opt(DEFAULT_MODEL, f"model folder, .gguf file, hub id, or an embedded name ({', '.join(EMBEDDED_MODELS)})")
+    model: str | None = opt(None, f"model folder, .gguf file, hub id, or an embedded name ({', '.join(EMBEDDED_MODELS)})",
+                            type="str", shown_default=f"the --artifact's base model, else {DEFAULT_MODEL}")
     dtype: str = opt("float32", "weights and compute dtype", choices=tuple(DTYPES))
     device_map: str | None = opt(None, "split a large model across devices with accelerate, e.g. auto", type="str")
     ignore_weights: bool = opt(False, "load an artifact even if it was saved from other weights of the same shapes")
     trust_remote_code: bool = opt(False, "run the model's own Python code from its folder or hub repo (architectures "
                                   "transformers lacks); only for sources you trust")
+
+    def __post_init__(self):
+        if self.model is None:  # the model the artifact was made from, which its config records
+            artifact = getattr(self, "artifact", None)
+            self.model = artifact_base_model(artifact) if artifact else DEFAULT_MODEL
 
 
 @dataclass
@@ -55,6 +64,45 @@ class LoadedModel:
     tokenizer: object
     identity: dict  # what an artifact records about its base model
     folder: Path | None = None  # the safetensors folder it was loaded from, when there is one
+
+
+def artifact_base_model(artifact: str | Path) -> str:
+    """The model an artifact (or exported folder) records as its base, for `--model` left unset."""
+    from spon.io.artifact import check_artifact_path
+
+    config = check_artifact_path(artifact)
+    try:
+        name = json.loads(config.read_text()).get("base_model", {}).get("name")
+    except (OSError, ValueError):
+        name = None
+    if not name:
+        raise SponError(f"{artifact} does not record its base model; pass --model")
+    if "(exported)" in name:  # an exported folder is its own base
+        return str(artifact)
+    return name
+
+
+def _check_hub_reachable(repo: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after the hub client's minute of retries, when a hub id is asked for and no hub answers;
+    a model already in the local hub cache, or HF_HUB_OFFLINE=1, needs no hub."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001  an unusual cache layout: let the load itself decide
+        pass
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError:
+        raise SponError(f"model {repo!r} is not a local folder or file and the model hub ({url.hostname}) cannot be "
+                        "reached; give a local folder or .gguf file, or set HF_HUB_OFFLINE=1 to use models already in "
+                        "the local hub cache") from None
 
 
 def cache_dir() -> Path:
@@ -150,6 +198,10 @@ def _gguf_cache_folder(gguf: Path) -> Path:
 
 def _gguf_to_folder(gguf: Path) -> Path:
     """Dequantise a GGUF file once (per transformers version) into a cached safetensors folder; returns the folder."""
+    with open(gguf, "rb") as f:
+        if f.read(4) != b"GGUF":  # before the converter's traceback, and before the cache key hashes the file
+            raise SponError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes); give a .gguf model "
+                            "file, e.g. one llama.cpp's convert script or llama-quantize wrote")
     folder = _gguf_cache_folder(gguf)
     if (folder / "config.json").exists():
         return folder
@@ -255,9 +307,15 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = 
         if not (path / "config.json").exists():
             raise SponError(f"{spec} is a folder but has no config.json; give a Hugging Face model folder")
         folder = path
+    elif path.is_file():
+        raise SponError(f"model {spec!r} is a file but not a .gguf file: {_MODEL_KINDS}")
     elif path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise SponError(f"model {spec!r} not found: {_MODEL_KINDS}")
     else:
+        close = difflib.get_close_matches(spec.lower(), EMBEDDED_MODELS, n=1, cutoff=0.6) if "/" not in spec else []
+        if close:
+            raise SponError(f"unknown model {spec!r}; did you mean {close[0]}? ({_MODEL_KINDS})")
+        _check_hub_reachable(spec)
         folder = None  # a hub id, for users who have a hub
     source = str(folder) if folder is not None else spec
     try:
