@@ -107,8 +107,11 @@ def test_models_with_their_own_code_need_trust_remote_code_in_every_command(caps
 
 
 def test_missing_model(capsys, tmp_path):
-    code, _, err = run(capsys, "eval", "--model", tmp_path / "nope", "--artifact", tmp_path)
+    code, _, err = run(capsys, "eval", "--model", tmp_path / "nope")
     assert code == 2 and "not found" in one_line_error(err)
+    # an artifact is checked before any model loads: the cheaper line comes first
+    code, _, err = run(capsys, "eval", "--model", tmp_path / "nope", "--artifact", tmp_path)
+    assert code == 2 and "is not a spon artifact" in one_line_error(err)
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "1", "half"])
@@ -164,7 +167,7 @@ def test_unwritable_output_folder(capsys, model_folder, big_text, tmp_path):
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "spon.cli", "eval", "--model", str(tmp_path / "missing"), "--artifact", str(tmp_path)],
+        [sys.executable, "-m", "spon.cli", "eval", "--model", str(tmp_path / "missing")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not found" in proc.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.metadata
 import sys
 import warnings
 
@@ -202,10 +203,8 @@ def _load(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spon import __version__
-
     parser = _Parser(prog="spon", description="Activation sparsity + spontaneous neurons for Hugging Face causal LMs.")
-    parser.add_argument("--version", action="version", version=f"spon {__version__}")
+    parser.add_argument("--version", action="version", version=f"spon {importlib.metadata.version('spon')}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, (_, _, _, help_) in COMMANDS.items():
