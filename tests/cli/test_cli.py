@@ -215,5 +215,6 @@ def test_eval_nudges_reports_the_rounding_floor_and_refuses_what_it_cannot_nudge
     assert code == 0 and "rounding floor (every threshold nudged by 1e-06 of its value; the unnudged score and 1 nudged)" in text
     code, _, err = run(capsys, "eval", "--model", model_folder, "--data", big_text, "--nudges", "2", *EVAL)
     assert code == 2 and "pass --artifact" in one_line_error(err)
-    code, _, err = run(capsys, "eval", "--model", model_folder, "--data", big_text, "--artifact", cal, "--nudges", "-1", *EVAL)
-    assert code == 2 and "0 or more" in one_line_error(err)
+    with pytest.raises(SystemExit) as e:  # refused by the parser, before anything loads
+        run(capsys, "eval", "--model", model_folder, "--data", big_text, "--artifact", cal, "--nudges", "-1", *EVAL)
+    assert e.value.code == 2 and "--nudges: must be at least 0" in one_line_error(capsys.readouterr().err)
