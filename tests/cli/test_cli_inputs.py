@@ -1,7 +1,10 @@
-"""Every bad input gives one clear `spon: error:` line, exit code 2, and leaves no partial file behind."""
+"""Every bad input gives one clear `spon: error:` line, exit code 2, and leaves no partial file behind; a command never
+deletes or replaces what it did not write, and what it writes takes the process umask."""
 
 import errno
 import json
+import os
+import stat
 
 import pytest
 
@@ -72,6 +75,14 @@ def test_model_without_decoder_linears(capsys, tmp_path, text):
     (["train", "--out", "x", "--spon-on", "heads"], "invalid choice"),
     (["sweep", "--sparsities", ""], "at least one sparsity"),
     (["frobnicate"], "invalid choice"),
+    (["eval", "--max-tokens", "-5"], "--max-tokens: must be at least 1"),
+    (["generate", "--max-new-tokens", "-3", "--prompt", "w1"], "--max-new-tokens: must be at least 1"),
+    (["eval", "--tasks", ""], "--tasks: must not be empty"),
+    (["train", "--seq-len", "1", "--out", "x"], "--seq-len: must be at least 2"),
+    (["eval", "--eval-batch-size", "0"], "--eval-batch-size: must be at least 1"),
+    (["generate", "--dense", "--prompt", ""], "--prompt: must not be empty"),
+    (["calibrate", "--calib-tokens", "0", "--out", "x"], "--calib-tokens: must be at least 1"),
+    (["eval", "--ctx-len", "0"], "--ctx-len: must be at least 2"),
 ])
 def test_unknown_option_or_choice(capsys, args, needle):
     assert needle in fails(capsys, args, usage=True)
@@ -136,3 +147,78 @@ def test_out_of_disk(capsys, model_folder, text, tmp_path, monkeypatch):
     msg = fails(capsys, ["calibrate", "--model", model_folder, "--data", text, "--out", out, "--quiet", "--calib-tokens", "512"])
     assert "out of disk space" in msg
     assert no_files(out)  # neither the partial tensors nor a config
+
+
+def snapshot(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_export_never_replaces_a_folder_it_did_not_write(capsys, model_folder, artifact, tmp_path):
+    keep = tmp_path / "keep"
+    (keep / "sub").mkdir(parents=True)
+    (keep / "notes.txt").write_text("mine")
+    before = snapshot(keep)
+    msg = fails(capsys, ["export", "--model", model_folder, "--artifact", artifact, "--out", keep, "--quiet"])
+    assert "not a spon exported model folder" in msg
+    assert snapshot(keep) == before and (keep / "notes.txt").read_text() == "mine"
+
+
+def test_an_earlier_export_is_replaced_only_with_overwrite(capsys, model_folder, artifact, tmp_path):
+    export = ["export", "--model", model_folder, "--artifact", artifact, "--out", tmp_path / "exp", "--quiet"]
+    assert main([str(a) for a in export]) == 0
+    assert "--overwrite" in fails(capsys, export)
+    assert main([str(a) for a in export] + ["--overwrite"]) == 0
+
+
+def test_outputs_take_the_process_umask(model_folder, text, tmp_path):
+    cal, exp = tmp_path / "cal", tmp_path / "exp"
+    old = os.umask(0o022)
+    try:
+        assert main(["calibrate", "--model", str(model_folder), "--data", str(text), "--out", str(cal), "--quiet",
+                     "--calib-tokens", "256"]) == 0
+        assert main(["export", "--model", str(model_folder), "--artifact", str(cal), "--out", str(exp), "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    for path in [cal / "spon_config.json", cal / "spon_vectors.safetensors", exp / "spon_config.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert stat.S_IMODE(exp.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("args", [
+    ["calibrate", "--data", "/nonexistent/text"],
+    ["calibrate", "--model", "nope/../missing-model"],
+    ["train", "--artifact", "missing-artifact"],
+])
+def test_a_failed_command_leaves_no_output_folder(capsys, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, [*args, "--out", tmp_path / "new" / "out", "--quiet"])
+    assert not (tmp_path / "new").exists()
+
+
+def test_report_of_nothing_creates_no_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, ["report", "nope"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_inputs_get_one_clear_line(capsys, tmp_path):
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(os.urandom(100))
+    short = tmp_path / "short.txt"
+    short.write_text("hi")
+    for model, says in [(fake, "is not a GGUF file"), (short, "is a file but not a .gguf file"),
+                        ("gemma3", "did you mean gemma3-270m?")]:
+        assert says in fails(capsys, ["eval", "--model", model, "--quiet"])
+    assert "not found" in fails(capsys, ["eval", "--artifact", tmp_path / "missing", "--quiet"])
+
+
+def test_a_hub_id_without_a_hub_fails_at_once_and_says_how_to_work_offline(capsys, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert "HF_HUB_OFFLINE=1" in fails(capsys, ["eval", "--model", "someone/some-model", "--quiet"])
+
+
+def test_model_defaults_to_the_artifacts_base_model(capsys, model_folder, artifact, text):
+    code = main(["eval", "--artifact", str(artifact), "--data", str(text), "--json", "--quiet", "--max-tokens", "200",
+                 "--ctx-len", "64"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["model"]["name"] == str(model_folder)
