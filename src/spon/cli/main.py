@@ -73,11 +73,15 @@ PARSERS = {"sparsity": _sparsity, "sparsities": _sparsities, "int": int, "str": 
            "methods": lambda t: tuple(m.strip() for m in t.split(",") if m.strip())}
 
 
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _fields(cls) -> list[tuple[str, dataclasses.Field]]:
     """(dotted path, field) of every leaf field; nested config dataclasses are flattened."""
     out = []
     for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = _default(f)
         if dataclasses.is_dataclass(default):
             out += [(f"{f.name}.{path}", g) for path, g in _fields(type(default))]
         else:
@@ -149,7 +153,7 @@ def _add_flags(p: argparse.ArgumentParser, cls, command: str = "") -> None:
         meta = dict(f.metadata)
         head = path.split(".")[0]
         group = groups[NESTED_GROUP[head]] if "." in path else groups.get(FIELD_GROUP.get(path, ""), own)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = _default(f)
         kw: dict = {"dest": path, "help": meta.get("help", "").replace("%", "%%")}
         if meta.get("choices"):
             kw["choices"] = list(meta["choices"])
@@ -176,12 +180,11 @@ def _config(cls, args: dict, prefix: str = ""):
     """The config dataclass from the parsed flags (nested configs built first, so each validates its own fields)."""
     values = {}
     for f in dataclasses.fields(cls):
-        if f"{prefix}{f.name}" not in args and not dataclasses.is_dataclass(
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default):
-            continue  # not offered by this command: the config's default stands
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = _default(f)
         if dataclasses.is_dataclass(default):
             values[f.name] = _config(type(default), args, f"{prefix}{f.name}.")
+        elif prefix + f.name not in args:
+            continue  # not offered by this command: the config's default stands
         elif f.metadata.get("type") == "override":
             values[f.name] = _overrides(args[prefix + f.name])
         else:
