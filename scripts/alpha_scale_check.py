@@ -7,7 +7,8 @@ import sys
 import torch
 
 from spon import load_model, load_artifact, load_splits, tokenize, sparse_modules, EvalProtocol
-from spon.evaluation.evaluate import bos_token_id, evaluate_variants, window_scores
+from spon.evaluation.evaluate import evaluate_variants, window_scores
+from spon.io.data import bos_token_id
 from spon.sparsity.sparsify import dense as dense_ctx
 art, gammas = sys.argv[1], [float(g) for g in sys.argv[2].split(",")]
 torch.manual_seed(0)

@@ -6,7 +6,7 @@ import json
 import sys
 
 from spon import load_model, load_artifact, load_splits, tokenize, sparse_modules, EvalProtocol, evaluate_variants
-from spon.evaluation.evaluate import bos_token_id
+from spon.io.data import bos_token_id
 from spon.training.alphas import init_alphas_
 from spon.training.train import TrainConfig, init_sequences, training_sequences
 lm = load_model("smollm2", "float32")

@@ -18,7 +18,8 @@ from spon import EvalProtocol, TrainConfig, calibrate_, load_artifact, load_mode
 from spon.io.atomic import write_text
 from spon.evaluation.intervals import paired_bootstrap
 from spon.io.data import sequences
-from spon.evaluation.evaluate import bos_token_id, gap_recovered, window_scores
+from spon.evaluation.evaluate import gap_recovered, window_scores
+from spon.io.data import bos_token_id
 from spon.sparsity.sparsify import dense, measure_sparsity, without_spon
 
 ap = argparse.ArgumentParser()

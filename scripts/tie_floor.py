@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from spon.io.data import load_eval_text, tokenize
-from spon.evaluation.evaluate import EvalProtocol, bos_token_id, evaluate_variants, window_scores
+from spon.evaluation.evaluate import EvalProtocol, evaluate_variants, window_scores
+from spon.io.data import bos_token_id
 from spon.pipeline import open_model
 from spon.evaluation.nudge import NUDGE_EPS, nudged_thresholds
 from spon.sparsity.sparsify import dense, sparse_modules

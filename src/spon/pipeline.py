@@ -16,7 +16,8 @@ from spon.sparsity.calibrate import calibrate_
 from spon.config import SparsityConfig, TrainConfig
 from spon.io.data import TextSplits, sequences, tokenize
 from spon.errors import SponError
-from spon.evaluation.evaluate import EvalProtocol, bos_token_id, evaluate_variants, window_scores
+from spon.evaluation.evaluate import EvalProtocol, evaluate_variants, window_scores
+from spon.io.data import bos_token_id
 from spon.training.fold import fold_
 from spon.serving.greedy import greedy_generate
 from spon.io.models import LoadedModel, load_model

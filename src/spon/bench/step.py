@@ -121,7 +121,7 @@ class StepBench(ModelArgs):
 
 def run_step_bench(cfg: StepBench, progress: bool = True) -> str:
     from spon.io.data import load_splits, sequences, tokenize
-    from spon.evaluation.evaluate import bos_token_id
+    from spon.io.data import bos_token_id
     from spon.pipeline import calibrate_model, open_model
 
     if cfg.out:

@@ -14,11 +14,10 @@ from tqdm.auto import tqdm
 from spon.evaluation.intervals import BOOTSTRAP_SAMPLES, paired_bootstrap
 from spon.config import opt
 from spon.errors import SponError
-from spon.io.data import bos_token_id
 from spon.sparsity.sparsify import dense, measure_sparsity, sparse_modules, without_spon
 
 __all__ = [
-    "PRESETS", "EvalProtocol", "WindowScores", "bos_token_id", "perplexity", "window_scores", "evaluate_variants", "gap_recovered",
+    "PRESETS", "EvalProtocol", "WindowScores", "perplexity", "window_scores", "evaluate_variants", "gap_recovered",
     "next_token_nll",
 ]
 

@@ -21,7 +21,7 @@ from spon.io.atomic import ensure_writable_dir, write_text
 from spon.config import opt
 from spon.io.data import load_splits, sequences, tokenize
 from spon.errors import SponError
-from spon.evaluation.evaluate import bos_token_id
+from spon.io.data import bos_token_id
 from spon.sparsity.hooks import collect_inputs
 from spon.serving.machine import machine
 from spon.sparsity.selection import threshold_from_samples

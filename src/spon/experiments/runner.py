@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from spon.evaluation.intervals import paired_bootstrap
 from spon.config import SparsityConfig, TrainConfig, opt
 from spon.io.data import TextSplits, load_splits, tokenize
-from spon.evaluation.evaluate import EvalProtocol, WindowScores, bos_token_id, evaluate_variants, window_scores
+from spon.evaluation.evaluate import EvalProtocol, WindowScores, evaluate_variants, window_scores
+from spon.io.data import bos_token_id
 from spon.serving.machine import machine
 from spon.io.models import LoadedModel, ModelArgs, load_model
 from spon.sparsity.sparsify import unsparsify_
