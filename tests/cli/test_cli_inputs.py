@@ -222,3 +222,10 @@ def test_model_defaults_to_the_artifacts_base_model(capsys, model_folder, artifa
     code = main(["eval", "--artifact", str(artifact), "--data", str(text), "--json", "--quiet", "--max-tokens", "200",
                  "--ctx-len", "64"])
     assert code == 0 and json.loads(capsys.readouterr().out)["model"]["name"] == str(model_folder)
+    # an exported folder is its own base model
+    exp = model_folder.parent / "exp"
+    assert main(["export", "--model", str(model_folder), "--artifact", str(artifact), "--out", str(exp), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--artifact", str(exp), "--data", str(text), "--json", "--quiet", "--max-tokens", "200",
+                 "--ctx-len", "64"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["name"] == str(exp)

@@ -72,13 +72,14 @@ def artifact_base_model(artifact: str | Path) -> str:
 
     config = check_artifact_path(artifact)
     try:
-        name = json.loads(config.read_text()).get("base_model", {}).get("name")
+        meta = json.loads(config.read_text())
     except (OSError, ValueError):
-        name = None
+        meta = {}
+    if meta.get("exported_from"):  # an exported folder holds its base weights: it is its own model
+        return str(artifact)
+    name = meta.get("base_model", {}).get("name")
     if not name:
         raise SponError(f"{artifact} does not record its base model; pass --model")
-    if "(exported)" in name:  # an exported folder is its own base
-        return str(artifact)
     return name
 
 
