@@ -11,6 +11,7 @@ from torch import nn
 
 from spon.io.artifact import check_artifact_path, is_artifact, load_artifact, save_artifact
 from spon.io.atomic import atomic_dir, check_new_output, ensure_writable_dir
+from spon.io.models import write_loader
 from spon.evaluation.intervals import paired_bootstrap
 from spon.sparsity.calibrate import calibrate_
 from spon.config import SparsityConfig, TrainConfig
@@ -122,7 +123,8 @@ def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProto
 
 def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, check_weights: bool = True,
                  trust_remote_code: bool = False, overwrite: bool = False) -> Path:
-    """Write a model folder (base weights + tokenizer + folded SPON artifact) that `load_model` runs sparse.
+    """Write a model folder (base weights + tokenizer + folded SPON artifact) that `load_model` runs sparse, and so does
+    transformers' `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` (`io.modeling_spon`).
 
     `out` must be new, empty, or (with overwrite) an earlier export: a folder holding anything else is refused."""
     out_path = Path(out)
@@ -137,6 +139,7 @@ def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, 
         fold_(lm.model)
         keep = {k: v for k, v in meta.items() if k in ("calibration", "training", "metrics")}
         save_artifact(lm.model, tmp, {**lm.identity, "name": f"{spec} (exported)"}, exported_from=str(artifact), **keep)
+        write_loader(tmp)
     return out_path
 
 

@@ -104,6 +104,12 @@ def test_models_with_their_own_code_need_trust_remote_code_in_every_command(caps
     code, out, _ = run(capsys, "eval", "--model", exp, "--data", big_text, "--json", *trust, *EVAL)
     res = json.loads(out)
     assert code == 0 and res["sparsity_measured"] == pytest.approx(0.5, abs=0.1) and res["ppl_sparse"] != res["ppl_dense"]  # ran sparse
+    from transformers import AutoModelForCausalLM
+
+    from spon.sparsity.sparsify import sparse_modules
+
+    model = AutoModelForCausalLM.from_pretrained(str(exp), trust_remote_code=True)  # through both codes: spon's, the base's
+    assert type(model).__name__ == "SponTinyCustomForCausalLM" and sparse_modules(model)
 
 
 def test_missing_model(capsys, tmp_path):

@@ -13,17 +13,20 @@ import difflib
 import importlib.util
 import json
 import os
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from spon.io import modeling_spon
 from spon.io.atomic import atomic_dir, atomic_file
+from spon.io.modeling_spon import base_config, is_wrapped, wrap_config
 from spon.config import opt
 from spon.errors import SponError
 
-__all__ = ["ModelArgs", "LoadedModel", "load_model", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
+__all__ = ["ModelArgs", "LoadedModel", "load_model", "write_loader", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
 
 DEFAULT_MODEL = "smollm2"
 EMBEDDED_MODELS = {
@@ -277,6 +280,24 @@ def _check_saved_tokenizer(tok, folder: Path, gguf: Path) -> None:
                         "release (4.57.6 and 5.25.0 are tested)")
 
 
+def _exported_config(folder: Path) -> dict | None:
+    """The config.json of a folder `spon export` wrote (its base model's config inside), or None for any other folder."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # transformers says what is wrong with it
+    return config if isinstance(config, dict) and is_wrapped(config) else None
+
+
+def write_loader(folder: str | Path) -> None:
+    """Make a saved model folder an exported one: its config.json wrapped (the base model's kept inside) and the
+    modelling code that loads it sparse through transformers beside it (`modeling_spon`)."""
+    folder = Path(folder)
+    config = folder / "config.json"
+    config.write_text(json.dumps(wrap_config(json.loads(config.read_text())), indent=2) + "\n")
+    shutil.copyfile(Path(modeling_spon.__file__), folder / "modeling_spon.py")
+
+
 def _auto_device() -> str:
     import os
 
@@ -321,7 +342,9 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = 
     source = str(folder) if folder is not None else spec
     try:
         extra = {"trust_remote_code": True} if trust_remote_code else {}
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        if folder is not None and (wrapped := _exported_config(folder)) is not None:
+            extra["config"] = base_config(wrapped, str(folder), trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)  # an exported folder's base config: no remote code asked
         if device_map:
             extra["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
