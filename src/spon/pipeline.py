@@ -21,6 +21,7 @@ from spon.evaluation.evaluate import EvalProtocol, evaluate_variants, window_sco
 from spon.io.data import bos_token_id
 from spon.training.fold import fold_
 from spon.serving.greedy import greedy_generate
+from spon.serving.sampling import Sampling
 from spon.io.models import LoadedModel, load_model
 from spon.evaluation.nudge import rounding_floor
 from spon.sparsity.sparsify import dense, sparse_modules, sparsify_
@@ -144,7 +145,16 @@ def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, 
 
 
 @torch.no_grad()
-def generate_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
-    """Greedy continuation of `prompt` (the new text only), one forward per token (`greedy.greedy_generate`)."""
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    return tokenizer.decode(greedy_generate(model, ids, max_new_tokens), skip_special_tokens=True)
+def generate_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 40, *, sampling: Sampling | None = None,
+                  chat: bool = False) -> str:
+    """The continuation of `prompt` (the new text only), one forward per token (`greedy.greedy_generate`): greedy, or
+    drawn as `sampling` says. chat: the prompt as a user message through the tokenizer's chat template."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise SponError("--chat: this model's tokenizer has no chat template; drop --chat to continue the prompt as text")
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    pick = sampling.picker() if sampling is not None else None
+    return tokenizer.decode(greedy_generate(model, ids, max_new_tokens, pick=pick), skip_special_tokens=True)

@@ -229,3 +229,25 @@ def test_model_defaults_to_the_artifacts_base_model(capsys, model_folder, artifa
     assert main(["eval", "--artifact", str(exp), "--data", str(text), "--json", "--quiet", "--max-tokens", "200",
                  "--ctx-len", "64"]) == 0
     assert json.loads(capsys.readouterr().out)["model"]["name"] == str(exp)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--temperature", "-1"], "--temperature -1.0: give 0 (greedy) or a positive temperature"),
+    (["--temperature", "0.7", "--top-p", "0"], "--top-p 0.0: give a probability in (0, 1]"),
+    (["--top-k", "-2"], "--top-k: must be at least 0"),
+    (["--chat"], "has no chat template; drop --chat"),
+])
+def test_bad_sampling_or_chat(capsys, model_folder, args, needle):
+    assert needle in fails(capsys, ["generate", "--model", model_folder, "--dense", "--prompt", "w1", *args],
+                           usage=args[0] == "--top-k")
+
+
+def test_sampled_generation_repeats_with_its_seed(capsys, model_folder):
+    def gen(*extra):
+        assert main([str(a) for a in ["generate", "--model", model_folder, "--dense", "--prompt", "w1 w2", "--quiet",
+                                      "--max-new-tokens", "12", *extra]]) == 0
+        return capsys.readouterr().out
+
+    greedy, hot = gen(), ["--temperature", "3"]
+    assert gen(*hot, "--seed", "5") == gen(*hot, "--seed", "5") != gen(*hot, "--seed", "6")
+    assert gen(*hot, "--seed", "5") != greedy and gen("--top-k", "3") == greedy  # top-k alone leaves greedy greedy

@@ -3,6 +3,7 @@ that runs it and returns the text the command prints."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from spon.io.data import PARTS, load_eval_text, load_splits
 from spon.errors import SponError
 from spon.evaluation.evaluate import PRESETS, EvalProtocol
 from spon.serving.machine import machine
+from spon.serving.sampling import Sampling
 from spon.evaluation.nudge import describe_floor
 from spon.sparsity.sparsify import dense
 from spon.pipeline import calibrate_model, evaluate_model, export_model, generate_text, open_model, train_model
@@ -190,7 +192,7 @@ def export(cfg: ExportJob, progress: bool = True) -> str:
 
 @dataclass
 class GenerateJob(ModelArgs):
-    """Greedy generation with the sparse (+SPON) model, or the dense one."""
+    """Generation with the sparse (+SPON) model, or the dense one: greedy, or sampled with --temperature."""
 
     prompt: str = opt(None, "the prompt", type="str", required=True)
     artifact: str | None = opt(None, "artifact folder (not needed for an exported model folder)", type="str")
@@ -198,6 +200,8 @@ class GenerateJob(ModelArgs):
     dense: bool = opt(False, "generate with the dense model")
     compile: bool = opt(False, "decode through torch.compile with a static KV cache (sparse: the prepared kernel as one "
                                "custom operator); the first call compiles")
+    sampling: Sampling = opt(factory=Sampling)
+    chat: bool = opt(False, "send the prompt as a user message through the tokenizer's chat template (instruct models)")
 
 
 def generate(cfg: GenerateJob, progress: bool = True) -> str:
@@ -205,13 +209,14 @@ def generate(cfg: GenerateJob, progress: bool = True) -> str:
                           trust_remote_code=cfg.trust_remote_code)
     if meta is None and not cfg.dense:
         raise SponError("no sparsity to apply: pass --artifact, an exported model folder, or --dense")
+    if cfg.chat and not getattr(lm.tokenizer, "chat_template", None):
+        raise SponError(f"--chat: the tokenizer of {cfg.model} has no chat template; drop --chat to continue the prompt "
+                        "as plain text")
     if cfg.compile:
         from spon.serving.decode import compile_decode_, prepare_decode_
 
         if meta is not None:
             prepare_decode_(lm.model)
         compile_decode_(lm.model)
-    if cfg.dense:
-        with dense(lm.model):
-            return generate_text(lm.model, lm.tokenizer, cfg.prompt, cfg.max_new_tokens)
-    return generate_text(lm.model, lm.tokenizer, cfg.prompt, cfg.max_new_tokens)
+    with dense(lm.model) if cfg.dense else contextlib.nullcontext():
+        return generate_text(lm.model, lm.tokenizer, cfg.prompt, cfg.max_new_tokens, sampling=cfg.sampling, chat=cfg.chat)

@@ -28,7 +28,7 @@ COMMANDS = {
     "diagnose": ("experiments.diagnose", "DiagnoseConfig", "run_diagnose", "per-layer drift from dense and always-active channels; JSON + PNG"),
     "report": ("experiments.report", "ReportConfig", "report", "one Markdown page with plots from folders written by the other commands"),
     "export": ("cli.commands", "ExportJob", "export", "write a folded model folder that `spon` loads and runs sparse"),
-    "generate": ("cli.commands", "GenerateJob", "generate", "greedy generation with the sparse (+SPON) model, or --dense"),
+    "generate": ("cli.commands", "GenerateJob", "generate", "generate with the sparse (+SPON) model, or --dense: greedy, or sampled (--temperature)"),
     "bench step": ("bench.step", "StepBench", "run_step_bench", "one SPON training step vs one plain forward+backward"),
     "bench gemv": ("bench.gemv", "GemvBench", "run_gemv_bench", "sparse GEMV kernel vs dense F.linear, itself at 0%% and plain torch; GB/s"),
     "bench decode": ("bench.decode", "DecodeBench", "run_decode_bench", "batch-1 greedy decoding: dense vs sparse vs sparse+folded SPON"),
@@ -90,8 +90,8 @@ def _fields(cls) -> list[tuple[str, dataclasses.Field]]:
 
 
 # --help shows a command's options in these groups, in this order; nested configs go by the field holding them
-GROUPS = ("model", "data", "sparsity", "training", "evaluation", "output")
-NESTED_GROUP = {"sparsity": "sparsity", "train": "training", "protocol": "evaluation"}
+GROUPS = ("model", "data", "sparsity", "training", "evaluation", "sampling", "output")
+NESTED_GROUP = {"sparsity": "sparsity", "train": "training", "protocol": "evaluation", "sampling": "sampling"}
 FIELD_GROUP = {
     "model": "model", "dtype": "model", "device_map": "model", "ignore_weights": "model", "trust_remote_code": "model",
     "artifact": "model",
@@ -113,7 +113,7 @@ NOT_OFFERED = {
 # Whole-number options are counts of at least 1, except these (their least value). Checked by the parser, before any
 # model is loaded.
 LEAST = {"train.seq_len": 2, "protocol.ctx_len": 2, "seq_len": 2, "train.warmup": 0, "train.teacher_topk": 0,
-         "train.neurons": 0, "train.seed": 0, "nudges": 0}
+         "train.neurons": 0, "train.seed": 0, "nudges": 0, "sampling.top_k": 0, "sampling.seed": 0}
 # text options that must not be empty (an empty prompt has nothing to continue; an empty task list nothing to run)
 NOT_EMPTY = {"prompt", "tasks", "data", "model", "out", "artifact", "include_path", "eval_data"}
 

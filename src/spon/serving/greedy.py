@@ -85,11 +85,13 @@ def _static_cache(model: nn.Module, length: int, dtype: torch.dtype, device: tor
 
 @torch.no_grad()
 def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, eos_token_id=...,
-                    on_token: Callable[[int], None] | None = None) -> list[int]:
+                    on_token: Callable[[int], None] | None = None,
+                    pick: Callable[[torch.Tensor], int] | None = None) -> list[int]:
     """The greedy continuation of `input_ids` [1, T]: up to `max_new_tokens` token ids, ending at (and including) the
     first end-of-text id (`eos_token_id`: default the model's generation config; None: never stop early).
 
     on_token(token) is called as each token is known (after its forward and argmax), e.g. to time the steps.
+    pick: the next token from the last position's logits instead of the largest (`sampling.Sampling.picker`).
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise SponError(f"greedy_generate decodes one sequence: input_ids must be [1, T], got {list(input_ids.shape)}")
@@ -100,7 +102,7 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     cache_kw = cache_argument(model)
     positions, cache_positions = "position_ids" in params, "cache_position" in params
     if cache_kw is None or not (positions or cache_positions):
-        return _through_generate(model, input_ids, max_new_tokens, eos, on_token)
+        return _through_generate(model, input_ids, max_new_tokens, eos, on_token, pick)
     n_prompt = input_ids.shape[1]
     cache = None
     if getattr(getattr(model, "generation_config", None), "cache_implementation", None) == "static":
@@ -115,7 +117,7 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
             extra["cache_position"] = position
         out = model(input_ids=ids, use_cache=True, **{cache_kw: cache}, **extra)
         cache = cache_of(out)
-        token = greedy_token(out.logits[0, -1])
+        token = (pick or greedy_token)(out.logits[0, -1])
         ids = torch.tensor([[token]], device=weight.device)
         tokens.append(token)
         if on_token is not None:
@@ -126,7 +128,7 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     return tokens
 
 
-def _through_generate(model, input_ids, max_new_tokens, eos, on_token) -> list[int]:
+def _through_generate(model, input_ids, max_new_tokens, eos, on_token, pick=None) -> list[int]:
     if not callable(getattr(model, "generate", None)):
         raise SponError(f"{type(model).__name__} neither takes a KV cache and positions in its forward nor has generate(); "
                         "pass a Hugging Face causal LM")
@@ -134,8 +136,21 @@ def _through_generate(model, input_ids, max_new_tokens, eos, on_token) -> list[i
     pad = gc.pad_token_id if gc.pad_token_id is not None else (min(eos) if eos else 0)
     with set_attr([gc], "eos_token_id", sorted(eos) or None):  # None must mean no early stop, not the config's
         out = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                             streamer=_Streamer(on_token) if on_token is not None else None)
+                             streamer=_Streamer(on_token) if on_token is not None else None,
+                             **({"logits_processor": _picked(pick)} if pick is not None else {}))
     return [int(t) for t in out[0, input_ids.shape[1]:]]
+
+
+def _picked(pick):
+    """`generate`'s logits processors, made to choose what `pick` chooses: every other logit becomes -inf."""
+    from transformers import LogitsProcessorList
+
+    def only(input_ids, scores):
+        out = torch.full_like(scores, float("-inf"))
+        out[0, pick(scores[0])] = 0.0
+        return out
+
+    return LogitsProcessorList([only])
 
 
 class _Streamer:
