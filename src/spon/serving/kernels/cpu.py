@@ -30,7 +30,7 @@ def kernel_cache_dir() -> Path:
     return Path(os.environ.get("SPON_CACHE", Path.home() / ".cache" / "spon")) / "kernels"
 
 
-def _cpu_id() -> str:
+def cpu_id() -> str:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
@@ -38,7 +38,7 @@ def _cpu_id() -> str:
     return platform.machine() + flags
 
 
-def _compile(stem: str, key_material: bytes, command: list[str]) -> Path:
+def compile_library(stem: str, key_material: bytes, command: list[str]) -> Path:
     """Run `command` + ["-o", tmp] once per key into the cache; the library's path. Atomic: concurrent builders
     never load a half-written library."""
     lib = kernel_cache_dir() / f"{stem}-{hashlib.sha256(key_material).hexdigest()[:16]}.so"
@@ -60,8 +60,8 @@ def _compile(stem: str, key_material: bytes, command: list[str]) -> Path:
 
 
 def _build(cc: str) -> Path:
-    key = SOURCE.read_bytes() + HEADER.read_bytes() + " ".join([cc, *FLAGS]).encode() + _cpu_id().encode()
-    return _compile("spon_gemv", key, [cc, *FLAGS, str(SOURCE), "-lm"])
+    key = SOURCE.read_bytes() + HEADER.read_bytes() + " ".join([cc, *FLAGS]).encode() + cpu_id().encode()
+    return compile_library("spon_gemv", key, [cc, *FLAGS, str(SOURCE), "-lm"])
 
 
 def cpu_operator_library(kernel: "CpuKernel") -> Path:
@@ -77,7 +77,7 @@ def cpu_operator_library(kernel: "CpuKernel") -> Path:
                *[f"-I{p}" for p in cpp_extension.include_paths()], str(OP_SOURCE), str(kernel.path),
                f"-Wl,-rpath,{kernel.path.parent}", *[f"-L{p}" for p in cpp_extension.library_paths()], "-ltorch_cpu", "-lc10"]
     key = OP_SOURCE.read_bytes() + HEADER.read_bytes() + " ".join(command).encode() + torch.__version__.encode()
-    return _compile("spon_op", key, command)
+    return compile_library("spon_op", key, command)
 
 
 class CpuKernel:
