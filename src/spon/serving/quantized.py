@@ -135,6 +135,23 @@ class QuantWeight:
             c = c + 16 * torch.cat([(h >> k) & 1 for k in range(8)], dim=1)
         return c
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """W[ids, :] in float32 ([len(ids), in]): the given outputs' rows, as `dequantize` gives them (an embedding tied
+        to this weight looks tokens up here)."""
+        ids = ids.long().reshape(-1)
+        if self.kind == "S8":
+            c = self.q[:, ids].to(torch.int16)
+        else:
+            h = self.out_features // 2
+            b = self.q[:, ids % h].to(torch.int16)
+            c = torch.where(ids >= h, b >> 4, b & 15)
+            if self.kind == "U5":
+                e = self.out_features // 8
+                c = c + 16 * ((self.hb[:, ids % e].to(torch.int16) >> (ids // e)) & 1)
+        rep = lambda t: t[:, ids].float().repeat_interleave(self.block, dim=0)  # noqa: E731
+        w = rep(self.scale) * c.float()
+        return (w + rep(self.minimum) if self.minimum is not None else w).t()
+
     def dequantize_t(self) -> torch.Tensor:
         """W^T [in, out] in float32: scale * code + minimum, per block of inputs (GGUF's own values, exactly)."""
         rep = lambda t: t.float().repeat_interleave(self.block, dim=0)  # noqa: E731  [nb, out] -> [in, out]
