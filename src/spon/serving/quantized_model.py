@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spon.errors import SponError
-from spon.serving.kernels.quant_cpu import QuantGemv
-from spon.serving.quantized import QUANTIZABLE, TYPES, QuantWeight, from_gguf, gguf_type_name, quantize
+from spon.serving.quantized import KINDS, QUANTIZABLE, TYPES, QuantWeight, from_gguf, gguf_type_name, quantize
 from spon.sparsity.selection import sparsified_positions
 from spon.sparsity.sparse_linear import SparseLinear, is_linear, linear_matrix
 from spon.sparsity.sparsify import output_head, sparse_activations, sparse_modules
@@ -53,7 +52,11 @@ class QuantLinear(nn.Module):
         sb = sparse_bias if sparse_bias is not None else bias
         self.register_buffer("sparse_bias", None if sb is None else sb.detach().float(), persistent=False)
         self.tokens, self.last_fraction = tokens, last_fraction
-        self.gemv = QuantGemv(weight, self.sparse_bias, self.threshold)
+        from spon.serving.kernels import quant_op  # noqa: F401  the operator, before any call or trace
+
+        for field in ("q", "hb", "scale", "minimum"):  # buffers, so a compiled graph takes them as its inputs
+            self.register_buffer(field, getattr(weight, field), persistent=False)
+        self.block, self.kind = weight.block, KINDS[weight.kind]
 
     def _linear(self, x: torch.Tensor, w: torch.Tensor, bias, sparse: bool) -> torch.Tensor:
         if sparse and self.threshold >= 0:
@@ -62,7 +65,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == self.in_features:  # one token: the kernel
-            return self.gemv(x).view(*x.shape[:-1], self.out_features)
+            return torch.ops.spon.quant_gemv(x, self.q, self.hb, self.scale, self.minimum, self.sparse_bias,
+                                             self.threshold, self.block, self.kind)
         w = self.qweight.dequantize().to(x.dtype)  # prefill: made for this call only
         T = x.shape[-2] if x.dim() >= 2 else 1
         pos = sparsified_positions(T, self.tokens, self.last_fraction)

@@ -18,9 +18,10 @@ from spon.serving.kernels.cpu import FLAGS, compile_library, cpu_id
 from spon.serving.kernels.reference import threshold_for
 from spon.serving.quantized import KINDS, QuantWeight
 
-__all__ = ["quant_kernel", "QuantGemv", "reference_qgemv"]
+__all__ = ["quant_kernel", "quant_kernel_path", "QuantGemv", "reference_qgemv", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("quant_gemv.c")
+HEADER = Path(__file__).with_name("spon_qplan.h")
 
 
 class _QPlan(ctypes.Structure):  # mirrors spon_qplan in quant_gemv.c
@@ -31,16 +32,21 @@ class _QPlan(ctypes.Structure):  # mirrors spon_qplan in quant_gemv.c
                 ("scale_f16", ctypes.c_int)]
 
 
+def quant_kernel_path() -> Path:
+    """The kernel's shared library, built on first use (RuntimeError where it cannot be)."""
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        raise RuntimeError("no C compiler (gcc or cc) on PATH")
+    key = SOURCE.read_bytes() + HEADER.read_bytes() + " ".join([cc, *FLAGS]).encode() + cpu_id().encode()
+    return compile_library("spon_qgemv", key, [cc, *FLAGS, str(SOURCE), "-lm"])
+
+
 @lru_cache(maxsize=1)
 def quant_kernel() -> ctypes.CDLL | None:
     if os.environ.get("SPON_NO_KERNEL"):
         return None
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     try:
-        if not cc:
-            raise RuntimeError("no C compiler (gcc or cc) on PATH")
-        key = SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode() + cpu_id().encode()
-        lib = ctypes.CDLL(str(compile_library("spon_qgemv", key, [cc, *FLAGS, str(SOURCE), "-lm"])))
+        lib = ctypes.CDLL(str(quant_kernel_path()))
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"spon: quantized CPU kernel unavailable ({e}); quantized decoding falls back to plain torch", stacklevel=2)
         return None
