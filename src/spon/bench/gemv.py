@@ -1,4 +1,5 @@
-"""`spon bench gemv`: the sparse GEMV kernel against dense `F.linear`, itself at 0%, and plain torch.
+"""`spon bench gemv`: the sparse GEMV kernel against dense `F.linear`, itself at 0%, and plain torch; the quantized
+kernel (GGUF block types) against itself at 0% and the float32 kernel at 0%.
 
 Batch 1, measured side by side in one run: every repetition times each method once, in turn, on the
 next weight copy and the next input vector, so drifting machine load hits all methods alike, weights
@@ -9,6 +10,7 @@ machine's read bandwidth measured in the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -23,12 +25,15 @@ from spon.config import opt
 from spon.errors import SponError
 from spon.serving.kernels import GemvPlan, cpu_kernel, reference_gemv
 from spon.serving.machine import machine
+from spon.serving.kernels.quant_cpu import QuantGemv
+from spon.serving.quantized import QUANTIZABLE, quantize
 from spon.bench.output import write_json
 
 __all__ = ["bench_gemv", "read_bandwidth", "POOL_BYTES", "GemvBench", "run_gemv_bench", "parse_shapes", "parse_dtypes"]
 
 POOL_BYTES = 512 * 2**20  # weight copies rotated per shape: 16x a 32 MiB L3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+QUANT_TYPES = tuple(t.lower() for t in QUANTIZABLE)  # GGUF block types, quantized from the same random weights
 
 
 def read_bandwidth(seconds: float = 1.0, size_bytes: int = 512 * 2**20) -> float:
@@ -61,6 +66,10 @@ def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: l
     bandwidth = [read_bandwidth(size_bytes=pool_bytes)]
     cases = [(d, s) for d in dtypes for s in shapes]
     for dname, (n_out, n_in) in tqdm(cases, desc="gemv", disable=not progress):
+        if dname in QUANT_TYPES:
+            rows += _quant_rows(dname, n_out, n_in, sparsities, repeats, gen, pool_bytes)
+            bandwidth.append(read_bandwidth(0.5, pool_bytes))
+            continue
         dtype = DTYPES[dname]
         elsize = torch.tensor([], dtype=dtype).element_size()
         copies = max(8, math.ceil(pool_bytes / (n_out * n_in * elsize)))
@@ -108,6 +117,52 @@ def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: l
             "threads": torch.get_num_threads(), "repeats": repeats, "rows": rows}
 
 
+def _timed(methods: dict, repeats: int, copies: int) -> dict[str, float]:
+    """Median seconds of each method, called in turn each round on the next weight copy (two warm-up rounds)."""
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for i in range(repeats + 2):
+        for m, (name, fn) in enumerate(methods.items()):
+            t0 = time.perf_counter()
+            fn(i, (i * len(methods) + m) % copies)
+            dt = time.perf_counter() - t0
+            if i >= 2:
+                times[name].append(dt)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _quant_rows(qtype: str, n_out: int, n_in: int, sparsities: list[float], repeats: int, gen, pool_bytes: int) -> list:
+    """One quantized type: the quantized kernel at each sparsity against itself at 0% and the float32 kernel at 0%."""
+    w = torch.randn(n_out, n_in, generator=gen) / math.sqrt(n_in)
+    qw = quantize(w, qtype)
+    copies = max(8, math.ceil(pool_bytes / qw.nbytes))
+    qws = [dataclasses.replace(qw, **{f: getattr(qw, f).clone() for f in ("q", "scale", "minimum", "hb")
+                                      if getattr(qw, f) is not None}) for _ in range(copies)]
+    fcopies = max(2, math.ceil(pool_bytes / (n_out * n_in * 4)))
+    fwts = [(w + 0).t().contiguous() for _ in range(fcopies)]
+    xs = [torch.randn(n_in, generator=gen) for _ in range(16)]
+    bias = torch.randn(n_out, generator=gen)
+    g0 = [QuantGemv(q, bias, -1.0) for q in qws]
+    f0 = [GemvPlan(wt, bias, -1.0, torch.float32) for wt in fwts]
+    rows = []
+    for s in sparsities:
+        tau = _tau(s)
+        gs = [QuantGemv(q, bias, tau) for q in qws]
+        med = _timed({
+            "kernel": lambda i, c: gs[c](xs[i % 16]),
+            "kernel_0pct": lambda i, c: g0[c](xs[i % 16]),
+            "float32_kernel_0pct": lambda i, c: f0[c % fcopies](xs[i % 16]),
+        }, repeats, copies)
+        kept = sum(float((x.abs() > tau).float().mean()) for x in xs) / len(xs)
+        rows.append({
+            "dtype": qtype, "out": n_out, "in": n_in, "sparsity": s, "measured_sparsity": 1 - kept, "seconds": med,
+            "weight_bytes": qw.nbytes, "speedup_vs_kernel_0pct": med["kernel_0pct"] / med["kernel"],
+            "speedup_vs_float32_kernel_0pct": med["float32_kernel_0pct"] / med["kernel"],
+            "gbs_kernel": qw.nbytes * kept / med["kernel"] / 1e9, "gbs_kernel_0pct": qw.nbytes / med["kernel_0pct"] / 1e9,
+            "weight_copies": copies,
+        })
+    return rows
+
+
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     """'4096x14336,14336x4096' -> [(4096, 14336), (14336, 4096)] (out x in)."""
     try:
@@ -133,7 +188,8 @@ class GemvBench:
 
     shapes: str = opt("4096x14336,14336x4096", "OUTxIN,... weight shapes")
     sparsities: tuple[float, ...] = opt((0.0, 0.25, 0.5, 0.7, 0.9), "comma-separated sparsities", type="sparsities")
-    dtypes: str = opt("float32,bfloat16", "comma-separated weight dtypes")
+    dtypes: str = opt("float32,bfloat16", "comma-separated weight dtypes: float32, bfloat16, and the GGUF block types "
+                      "q8_0, q4_0, q4_1, q5_0 (each against itself at 0% and the float32 kernel at 0%)")
     repeats: int = opt(20, "calls per case (median)")
     out: str | None = opt(None, "folder for gemv.json and gemv.png", type="str")
 
@@ -141,7 +197,7 @@ class GemvBench:
 def run_gemv_bench(cfg: GemvBench, progress: bool = True) -> str:
     from spon.io.plots import plot_gemv
 
-    shapes, dtypes = parse_shapes(cfg.shapes), parse_dtypes(cfg.dtypes, tuple(DTYPES))
+    shapes, dtypes = parse_shapes(cfg.shapes), parse_dtypes(cfg.dtypes, (*DTYPES, *QUANT_TYPES))
     out = ensure_writable_dir(cfg.out) if cfg.out else None
     res = {"benchmark": "gemv", **bench_gemv(shapes, list(cfg.sparsities), dtypes, repeats=cfg.repeats, progress=progress),
            "machine": machine()}

@@ -40,22 +40,22 @@ def _nibbles(qs: np.ndarray) -> np.ndarray:
     return np.concatenate([qs & 15, qs >> 4], axis=-1)
 
 
-def _unpack(name: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
-    """(codes [out, in], scale [out, nb], minimum [out, nb] or None, inputs per scale) of raw blocks [out, n, bytes]."""
+def _unpack(name: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int, int]:
+    """(codes [out, in], scale [out, nb], minimum [out, nb] or None, inputs per scale, offset) of raw blocks [out, n,
+    bytes]: W = scale (code - offset) + minimum."""
     out = blocks.shape[0]
     if name == "Q8_0":
         d = _half(blocks[..., 0:2])
-        return blocks[..., 2:].copy().view(np.int8).reshape(out, -1), d, None, 32
-    if name in ("Q4_0", "Q4_1"):
-        d = _half(blocks[..., 0:2])
-        start = 2 if name == "Q4_0" else 4
-        m = -8.0 * d if name == "Q4_0" else _half(blocks[..., 2:4])
-        return _nibbles(blocks[..., start:]).reshape(out, -1), d, m.astype(np.float32), 32
+        return blocks[..., 2:].copy().view(np.int8).reshape(out, -1), d, None, 32, 0
+    if name == "Q4_0":  # d (q - 8)
+        return _nibbles(blocks[..., 2:]).reshape(out, -1), _half(blocks[..., 0:2]), None, 32, 8
+    if name == "Q4_1":  # d q + m
+        return _nibbles(blocks[..., 4:]).reshape(out, -1), _half(blocks[..., 0:2]), _half(blocks[..., 2:4]), 32, 0
     if name == "Q5_0":
         d = _half(blocks[..., 0:2])
         qh = np.ascontiguousarray(blocks[..., 2:6]).view("<u4")  # [out, n, 1]: bit e = element e's fifth bit
         fifth = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
-        return (_nibbles(blocks[..., 6:]) | (fifth << 4)).reshape(out, -1), d, (-16.0 * d).astype(np.float32), 32
+        return (_nibbles(blocks[..., 6:]) | (fifth << 4)).reshape(out, -1), d, None, 32, 16  # d (q - 16)
     if name == "Q4_K":
         import gguf.quants
 
@@ -65,7 +65,7 @@ def _unpack(name: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
         sc, mn = sc.reshape(out, n, 8).astype(np.float32), mn.reshape(out, n, 8).astype(np.float32)
         qs = blocks[..., 16:].reshape(out, n, 4, 32)  # four runs of 32 bytes: sub-block 2p low nibbles, 2p + 1 high
         codes = np.stack([qs & 15, qs >> 4], axis=3).reshape(out, -1)
-        return codes, (d[..., None] * sc).reshape(out, -1), (-(dmin[..., None] * mn)).reshape(out, -1), 32
+        return codes, (d[..., None] * sc).reshape(out, -1), (-(dmin[..., None] * mn)).reshape(out, -1), 32, 0
     if name == "Q6_K":
         n = blocks.shape[1]
         ql, qh = blocks[..., 0:128].reshape(out, n, 2, 1, 64), blocks[..., 128:192].reshape(out, n, 2, 1, 32)
@@ -74,7 +74,7 @@ def _unpack(name: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
         low = ((ql >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2, 1)) & 15).reshape(out, n, 8, 32)
         high = ((qh >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 4, 1)) & 3).reshape(out, n, 8, 32)
         codes = ((low | (high << 4)).astype(np.int16) - 32).astype(np.int8).reshape(out, -1)
-        return codes, (d[..., None] * sc).reshape(out, -1), None, 16
+        return codes, (d[..., None] * sc).reshape(out, -1), None, 16, 0
     raise SponError(f"GGUF type {name} has no quantized sparse kernel; supported: {', '.join(TYPES)}")
 
 
@@ -99,9 +99,11 @@ class QuantWeight:
     scale: torch.Tensor
     minimum: torch.Tensor | None = None
     hb: torch.Tensor | None = None
+    offset: float = 0.0  # W = scale * (code - offset) + minimum: Q4_0's 8 and Q5_0's 16 cost no table
 
     @classmethod
-    def from_codes(cls, name: str, codes: np.ndarray, scale: np.ndarray, minimum: np.ndarray | None, block: int) -> "QuantWeight":
+    def from_codes(cls, name: str, codes: np.ndarray, scale: np.ndarray, minimum: np.ndarray | None, block: int,
+                   offset: int = 0) -> "QuantWeight":
         out, n_in = codes.shape
         rows = np.ascontiguousarray(codes.T)  # [in, out]
         if codes.dtype == np.int8:
@@ -122,7 +124,7 @@ class QuantWeight:
             return None if a is None else torch.from_numpy(np.ascontiguousarray(a.T).astype(dtype))
 
         return cls(name, out, n_in, block, kind, torch.from_numpy(np.ascontiguousarray(q)), table(scale), table(minimum),
-                   None if hb is None else torch.from_numpy(hb))
+                   None if hb is None else torch.from_numpy(hb), float(offset))
 
     def codes(self) -> torch.Tensor:
         """The integer codes, input-major [in, out], as int16."""
@@ -149,13 +151,13 @@ class QuantWeight:
                 e = self.out_features // 8
                 c = c + 16 * ((self.hb[:, ids % e].to(torch.int16) >> (ids // e)) & 1)
         rep = lambda t: t[:, ids].float().repeat_interleave(self.block, dim=0)  # noqa: E731
-        w = rep(self.scale) * c.float()
+        w = rep(self.scale) * (c.float() - self.offset)
         return (w + rep(self.minimum) if self.minimum is not None else w).t()
 
     def dequantize_t(self) -> torch.Tensor:
         """W^T [in, out] in float32: scale * code + minimum, per block of inputs (GGUF's own values, exactly)."""
         rep = lambda t: t.float().repeat_interleave(self.block, dim=0)  # noqa: E731  [nb, out] -> [in, out]
-        w = rep(self.scale) * self.codes().float()
+        w = rep(self.scale) * (self.codes().float() - self.offset)
         return w + rep(self.minimum) if self.minimum is not None else w
 
     def dequantize(self) -> torch.Tensor:

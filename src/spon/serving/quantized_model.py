@@ -56,7 +56,7 @@ class QuantLinear(nn.Module):
 
         for field in ("q", "hb", "scale", "minimum"):  # buffers, so a compiled graph takes them as its inputs
             self.register_buffer(field, getattr(weight, field), persistent=False)
-        self.block, self.kind = weight.block, KINDS[weight.kind]
+        self.block, self.kind, self.offset = weight.block, KINDS[weight.kind], weight.offset
 
     def _linear(self, x: torch.Tensor, w: torch.Tensor, bias, sparse: bool) -> torch.Tensor:
         if sparse and self.threshold >= 0:
@@ -66,7 +66,7 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == self.in_features:  # one token: the kernel
             return torch.ops.spon.quant_gemv(x, self.q, self.hb, self.scale, self.minimum, self.sparse_bias,
-                                             self.threshold, self.block, self.kind)
+                                             self.threshold, self.block, self.kind, self.offset)
         w = self.qweight.dequantize().to(x.dtype)  # prefill: made for this call only
         T = x.shape[-2] if x.dim() >= 2 else 1
         pos = sparsified_positions(T, self.tokens, self.last_fraction)

@@ -23,7 +23,7 @@ const void *ptr(const c10::optional<at::Tensor> &t) { return t.has_value() ? t->
 
 at::Tensor quant_gemv_cpu(const at::Tensor &x, const at::Tensor &q, const c10::optional<at::Tensor> &hb,
                           const at::Tensor &scale, const c10::optional<at::Tensor> &minimum,
-                          const c10::optional<at::Tensor> &bias, double tau, int64_t block, int64_t kind) {
+                          const c10::optional<at::Tensor> &bias, double tau, int64_t block, int64_t kind, double offset) {
     at::Tensor xf = x.reshape({-1}).to(at::kFloat).contiguous();
     int64_t in = xf.numel(), out = scale.size(1);
     TORCH_CHECK(in % block == 0 && scale.size(0) == in / block, "spon::quant_gemv: x has ", in,
@@ -49,6 +49,7 @@ at::Tensor quant_gemv_cpu(const at::Tensor &x, const at::Tensor &q, const c10::o
     p.n_out = out;
     p.block = block;
     p.tau = (float)tau;
+    p.offset = (float)offset;
     p.nthreads = threads;
     p.kind = (int)kind;
     p.scale_f16 = scale.scalar_type() == at::kHalf;

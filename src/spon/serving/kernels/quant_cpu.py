@@ -28,7 +28,7 @@ class _QPlan(ctypes.Structure):  # mirrors spon_qplan in quant_gemv.c
     _fields_ = [("q", ctypes.c_void_p), ("hb", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("minv", ctypes.c_void_p),
                 ("bias", ctypes.c_void_p), ("acc", ctypes.c_void_p), ("idx", ctypes.c_void_p), ("val", ctypes.c_void_p),
                 ("bstart", ctypes.c_void_p), ("n_in", ctypes.c_int64), ("n_out", ctypes.c_int64),
-                ("block", ctypes.c_int64), ("tau", ctypes.c_float), ("nthreads", ctypes.c_int), ("kind", ctypes.c_int),
+                ("block", ctypes.c_int64), ("tau", ctypes.c_float), ("offset", ctypes.c_float), ("nthreads", ctypes.c_int), ("kind", ctypes.c_int),
                 ("scale_f16", ctypes.c_int)]
 
 
@@ -84,7 +84,7 @@ class QuantGemv:
         ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
         self.args = _QPlan(ptr(weight.q), ptr(weight.hb), ptr(weight.scale), ptr(weight.minimum), ptr(self.bias),
                            ptr(self.acc), ptr(self.idx), ptr(self.val), ptr(self.bstart), n_in, n_out, weight.block,
-                           self.tau, threads, KINDS[weight.kind], int(weight.scale.dtype == torch.float16))
+                           self.tau, weight.offset, threads, KINDS[weight.kind], int(weight.scale.dtype == torch.float16))
         self.ptr = ctypes.addressof(self.args)
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:

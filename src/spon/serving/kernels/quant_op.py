@@ -24,18 +24,18 @@ KIND_NAMES = {v: k for k, v in KINDS.items()}
 
 _lib = torch.library.Library("spon", "FRAGMENT")  # noqa: TOR901  kept alive for the process
 _lib.define("quant_gemv(Tensor x, Tensor q, Tensor? hb, Tensor scale, Tensor? minimum, Tensor? bias, float tau, "
-            "int block, int kind) -> Tensor")
+            "int block, int kind, float offset=0.0) -> Tensor")
 
 
-def quant_gemv_op(x, q, hb, scale, minimum, bias, tau, block, kind):
+def quant_gemv_op(x, q, hb, scale, minimum, bias, tau, block, kind, offset=0.0):
     """W S(x) + b for one token of a quantized weight (`QuantWeight`'s tensors); [..., out] in x's dtype."""
     out = scale.shape[1]
-    weight = QuantWeight("?", out, x.shape[-1], block, KIND_NAMES[kind], q, scale, minimum, hb)
+    weight = QuantWeight("?", out, x.shape[-1], block, KIND_NAMES[kind], q, scale, minimum, hb, offset)
     y = QuantGemv(weight, bias, float(tau))(x.reshape(-1).float())
     return y.to(x.dtype).view(*x.shape[:-1], out)
 
 
-def _fake(x, q, hb, scale, minimum, bias, tau, block, kind):
+def _fake(x, q, hb, scale, minimum, bias, tau, block, kind, offset=0.0):
     return x.new_empty((*x.shape[:-1], scale.shape[1]))
 
 

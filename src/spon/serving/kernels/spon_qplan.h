@@ -21,6 +21,7 @@ typedef struct {
     int64_t *bstart;      /* nblocks + 1: where each block's kept inputs start in idx */
     int64_t n_in, n_out, block;
     float tau;
+    float offset;         /* codes are q - offset (Q4_0: 8, Q5_0: 16; else 0): W = s (q - offset) + m */
     int nthreads, kind, scale_f16;
 } spon_qplan;
 
