@@ -22,30 +22,57 @@ from spon.io.data import bos_token_id
 from spon.training.fold import fold_
 from spon.serving.greedy import greedy_generate
 from spon.serving.sampling import Sampling
-from spon.io.models import LoadedModel, load_model
+from spon.io.models import LoadedModel, gguf_source, load_model
 from spon.evaluation.nudge import rounding_floor
 from spon.sparsity.sparsify import dense, sparse_modules, sparsify_
 from spon.training.train import train_spon_
 
-__all__ = ["open_model", "calibrate_model", "train_model", "evaluate_model", "export_model", "generate_text"]
+__all__ = ["open_model", "check_weights_choice", "serve_model", "calibrate_model", "train_model", "evaluate_model", "float_perplexity", "export_model", "generate_text"]
 
 
 def open_model(
     spec: str, dtype: str = "float32", artifact: str | None = None, device_map: str | None = None, *, check_weights: bool = True,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, weights: str = "float",
 ) -> tuple[LoadedModel, dict | None]:
     """Load a model, and an artifact onto it: the one given, or the one inside an exported folder.
 
-    check_weights: refuse an artifact saved from other weights (see `load_artifact`)."""
+    check_weights: refuse an artifact saved from other weights (see `load_artifact`).
+    weights: a GGUF block type ("q8_0", ...) replaces every decoder linear's and the head's weights by their values in
+    that type, before the artifact is loaded (its thresholds and vectors were made on them); "gguf" checks that the
+    model comes from a GGUF file (whose values it already has); "float" leaves the weights as loaded."""
+    check_weights_choice(spec, weights, dtype)
     if artifact is not None:
         check_artifact_path(artifact)  # before a load that can take minutes
     lm = load_model(spec, dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+    if weights not in ("float", "gguf"):
+        from spon.serving.quantized_model import quantize_weights_
+
+        quantize_weights_(lm.model, weights)
+    lm.identity["weights"] = weights
     meta = None
     if artifact is not None:
         meta = load_artifact(lm.model, artifact, check_weights=check_weights)
     elif lm.folder is not None and is_artifact(lm.folder):
         meta = load_artifact(lm.model, lm.folder, check_weights=check_weights)
     return lm, meta
+
+
+def check_weights_choice(spec: str, weights: str, dtype: str = "float32") -> None:
+    """One line, before any load, where `weights` cannot apply to this model."""
+    if weights == "gguf" and gguf_source(spec) is None:
+        raise SponError(f"--weights gguf keeps a GGUF file's own quantized types, but {spec!r} is not a GGUF file: load "
+                        "a .gguf file or an embedded model, or quantize to a type (--weights q8_0, q4_0, q4_1, q5_0)")
+    if weights != "float" and dtype != "float32":
+        raise SponError(f"--weights {weights} computes in float32 from quantized weights: drop --dtype {dtype}")
+
+
+def serve_model(lm: LoadedModel, spec: str, weights: str) -> dict:
+    """Fold SPON and swap every sparse layer and the head for quantized ones (`quantized_model.serve_quantized_`):
+    from the GGUF file's own tensors ("gguf") or quantized to a type."""
+    from spon.serving.quantized_model import serve_quantized_
+
+    fold_(lm.model)
+    return serve_quantized_(lm.model, weights, gguf_source(spec) if weights == "gguf" else None)
 
 
 def calibrate_model(
@@ -120,6 +147,26 @@ def evaluate_model(lm: LoadedModel, text: str, source: dict, protocol: EvalProto
                 nudges, progress=progress)
     out["data"] = source
     return out
+
+
+def float_perplexity(spec: str, text: str, protocol: EvalProtocol, *, trust_remote_code: bool = False,
+                     progress: bool = True):
+    """The float model's dense perplexity on `text`, as a function that adds it to a quantized model's evaluation:
+    "ppl_float" with its interval and "quantization_cost" (the dense quantized perplexity over the float one, with the
+    interval of the ratio, paired over the same windows)."""
+    lm = load_model(spec, "float32", trust_remote_code=trust_remote_code)
+    ids = tokenize(lm.tokenizer, text)
+    w = window_scores(lm.model, ids, protocol, bos_token_id(lm.tokenizer), progress=progress, desc="float dense")
+    del lm
+
+    def add(res: dict) -> dict:
+        dense_nll = torch.tensor(res["per_window"]["nll"]["dense"], dtype=torch.float64)
+        counts = torch.tensor(res["per_window"]["tokens"])
+        ci = paired_bootstrap({"float": w.nll, "dense": dense_nll}, counts)
+        return {"ppl_float": w.ppl, "quantization_cost": res["ppl_dense"] / w.ppl - 1.0,
+                "ci95": {**res.get("ci95", {}), "ppl_float": ci["ppl_float"]}}
+
+    return add
 
 
 def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, check_weights: bool = True,

@@ -21,7 +21,7 @@ import torch
 
 from spon.io.atomic import atomic_file
 from spon.errors import SponError
-from spon.io.models import EMBEDDED_MODELS, cache_dir, resolve_gguf
+from spon.io.models import cache_dir, gguf_source
 
 __all__ = ["LLAMA_CPP_INSTALL", "FTYPES", "source_gguf", "requantised_gguf", "LlamaCpp", "open_llama_cpp"]
 
@@ -31,9 +31,7 @@ FTYPES = {"float32": ("F32", 0), "float16": ("F16", 1), "bfloat16": ("BF16", 32)
 
 def source_gguf(model: str) -> Path | None:
     """The GGUF file a model spec was loaded from, or None (a folder or a hub id)."""
-    if model in EMBEDDED_MODELS:
-        return resolve_gguf(model)
-    return Path(model) if str(model).endswith(".gguf") and Path(model).is_file() else None
+    return gguf_source(model)
 
 
 def requantised_gguf(gguf: Path, dtype: str, llama_cpp) -> Path:

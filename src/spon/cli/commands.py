@@ -18,8 +18,9 @@ from spon.evaluation.evaluate import PRESETS, EvalProtocol
 from spon.serving.machine import machine
 from spon.serving.sampling import Sampling
 from spon.evaluation.nudge import describe_floor
-from spon.sparsity.sparsify import dense
-from spon.pipeline import calibrate_model, evaluate_model, export_model, generate_text, open_model, train_model
+from spon.sparsity.sparsify import dense, sparsify_, unsparsify_
+from spon.pipeline import (calibrate_model, check_weights_choice, evaluate_model, export_model, float_perplexity, generate_text,
+                           open_model, serve_model, train_model)
 from spon.io.models import ModelArgs
 from spon.experiments.tables import with_ci
 
@@ -63,7 +64,7 @@ def calibrate(cfg: CalibrateJob | TrainJob, progress: bool = True) -> str:
     ensure_writable_dir(cfg.out)
     splits = load_splits(cfg.data)
     lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact if training else None, cfg.device_map,
-                          check_weights=not cfg.ignore_weights, trust_remote_code=cfg.trust_remote_code)
+                          check_weights=not cfg.ignore_weights, trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
     info = {"calibration": meta["calibration"]} if meta and "calibration" in meta else {}
     if not meta:
         info["calibration"] = calibrate_model(lm, splits, cfg.sparsity, calib_tokens=cfg.calib_tokens, progress=progress)
@@ -117,6 +118,9 @@ def _ci(res: dict, key: str, spec: str) -> str:
 def describe_metrics(res: dict) -> str:
     """One line: each perplexity and the gap recovered with its 95% interval, and what was scored."""
     parts = [f"dense {_ci(res, 'ppl_dense', '.3f')}"]
+    if "ppl_float" in res:  # a quantized model: its float original first, and what the quantization costs
+        parts = [f"float dense {_ci(res, 'ppl_float', '.3f')}",
+                 f"{res['weights']} dense {_ci(res, 'ppl_dense', '.3f')} ({res['quantization_cost']:+.2%})"]
     if "ppl_sparse" in res:
         parts.append(f"sparse {_ci(res, 'ppl_sparse', '.3f')}")
     if res.get("ppl_spon") is not None:
@@ -151,8 +155,12 @@ def evaluate(cfg: EvalJob, progress: bool = True) -> str:
 
         harness()  # a missing lm-eval fails before the model loads
     text, source = (None, None) if tasks is not None else load_eval_text(data, cfg.split)
+    check_weights_choice(cfg.model, cfg.weights, cfg.dtype)
+    float_cost = None
+    if cfg.weights not in ("float", "gguf") and tasks is None:  # the quantization's own cost: the float model first
+        float_cost = float_perplexity(cfg.model, text, protocol, trust_remote_code=cfg.trust_remote_code, progress=progress)
     lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights,
-                          trust_remote_code=cfg.trust_remote_code)
+                          trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
     if tasks is not None:
         if meta is None:
             raise SponError("nothing to compare on tasks: pass --artifact (from `spon calibrate`/`spon train`) or an exported "
@@ -168,7 +176,9 @@ def evaluate(cfg: EvalJob, progress: bool = True) -> str:
             raise SponError("--nudges moves the sparse model's thresholds: pass --artifact (from `spon calibrate`/`spon train`) "
                             "or an exported model folder")
         res = evaluate_model(lm, text, source, protocol, progress=progress, nudges=cfg.nudges)
-        res.update(model=lm.identity, preset=cfg.preset, machine=machine())
+        res.update(model=lm.identity, preset=cfg.preset, machine=machine(), weights=cfg.weights)
+        if float_cost is not None:
+            res.update(float_cost(res))
         shown = describe_metrics(res)
     if out:
         write_text(out / "eval.json", json.dumps(res, indent=2, default=str))
@@ -206,9 +216,14 @@ class GenerateJob(ModelArgs):
 
 def generate(cfg: GenerateJob, progress: bool = True) -> str:
     lm, meta = open_model(cfg.model, cfg.dtype, cfg.artifact, cfg.device_map, check_weights=not cfg.ignore_weights,
-                          trust_remote_code=cfg.trust_remote_code)
+                          trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
     if meta is None and not cfg.dense:
         raise SponError("no sparsity to apply: pass --artifact, an exported model folder, or --dense")
+    if cfg.weights != "float":  # served from quantized bytes; dense: every linear at 0% sparsity through the same kernel
+        if cfg.dense:
+            unsparsify_(lm.model)
+            sparsify_(lm.model, SparsityConfig(sparsity=0.0))
+        serve_model(lm, cfg.model, cfg.weights)
     if cfg.chat and not getattr(lm.tokenizer, "chat_template", None):
         raise SponError(f"--chat: the tokenizer of {cfg.model} has no chat template; drop --chat to continue the prompt "
                         "as plain text")
@@ -218,5 +233,5 @@ def generate(cfg: GenerateJob, progress: bool = True) -> str:
         if meta is not None:
             prepare_decode_(lm.model)
         compile_decode_(lm.model)
-    with dense(lm.model) if cfg.dense else contextlib.nullcontext():
+    with dense(lm.model) if cfg.dense and cfg.weights == "float" else contextlib.nullcontext():
         return generate_text(lm.model, lm.tokenizer, cfg.prompt, cfg.max_new_tokens, sampling=cfg.sampling, chat=cfg.chat)

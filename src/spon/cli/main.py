@@ -94,6 +94,7 @@ GROUPS = ("model", "data", "sparsity", "training", "evaluation", "sampling", "ou
 NESTED_GROUP = {"sparsity": "sparsity", "train": "training", "protocol": "evaluation", "sampling": "sampling"}
 FIELD_GROUP = {
     "model": "model", "dtype": "model", "device_map": "model", "ignore_weights": "model", "trust_remote_code": "model",
+    "weights": "model",
     "artifact": "model",
     "data": "data", "split": "data", "calib_tokens": "data", "eval_data": "data", "preset": "data",
     "include_path": "data",
@@ -101,12 +102,15 @@ FIELD_GROUP = {
 }
 # options a command's config carries but does not act on: not offered there (the config keeps their defaults)
 NOT_OFFERED = {
-    "demo": {"ignore_weights"},
-    "sweep": {"ignore_weights", "sparsity.sparsity"},  # --sparsities sets it, point by point
-    "compare": {"ignore_weights"},
+    "demo": {"ignore_weights", "weights"},
+    "sweep": {"ignore_weights", "sparsity.sparsity", "weights"},  # --sparsities sets it, point by point
+    "compare": {"ignore_weights", "weights"},
     "calibrate": {"ignore_weights"},
+    "export": {"weights"},  # an exported folder holds float weights (quantized serving: --weights at generate)
+    "diagnose": {"weights"},
     "bench step": {"ignore_weights", "train.steps", "train.lr_scale", "train.average", "train.threshold_jitter",
-                   "train.eval_every", "train.select", "train.val_sequences", "train.train_sequences", "train.init"},
+                   "train.eval_every", "train.select", "train.val_sequences", "train.train_sequences", "train.init",
+                   "weights"},
 }
 
 

