@@ -38,10 +38,10 @@ from spon.io.models import ModelArgs
 from spon.serving.machine import machine
 from spon.serving.greedy import greedy_generate
 from spon.serving.huge_pages import huge_page_bytes
-from spon.sparsity.sparsify import measure_sparsity, sparse_modules, without_spon
+from spon.sparsity.sparsify import measure_sparsity, sparse_modules, sparsify_, without_spon
 from spon.bench.output import write_json
 
-__all__ = ["greedy_decode", "bench_decode", "byte_bound", "round_ratios", "VARIANTS", "DecodeBench", "run_decode_bench"]
+__all__ = ["greedy_decode", "bench_decode", "bench_decode_quantized", "gguf_tensor_bytes", "byte_bound", "round_ratios", "VARIANTS", "DecodeBench", "run_decode_bench"]
 
 VARIANTS = ("dense", "dense_kernel_0pct", "sparse", "sparse+SPON", "masked_dense")
 
@@ -201,6 +201,87 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
     }
 
 
+def bench_decode_quantized(models: dict[str, nn.Module], prompt: torch.Tensor, *, new_tokens: int = 64, repeats: int = 3,
+                           progress: bool = True, llama=None, warm: bool = True) -> dict:
+    """tokens/s of models served from quantized weights (and llama.cpp on the same file or type), rounds alternated as
+    in `bench_decode`. models: row name -> a model ready to decode (rows ending in "_compiled" are compiled; their
+    first round compiles and is timed apart)."""
+    from spon.serving.decode import warm_guards
+
+    contexts = {name: (m, greedy_decode) for name, m in models.items()}
+    if llama is not None:
+        contexts["llama_cpp"] = (llama, lambda m, p, n: m.decode(p, n))
+    seconds: dict[str, list[float]] = {k: [] for k in contexts}
+    tokens: dict[str, list[int]] = {}
+    compile_seconds: dict[str, float] = {}
+    for r in tqdm(range(repeats + 1), desc="decode rounds", disable=not progress):
+        for name, (model, fn) in contexts.items():
+            guards = warm_guards() if warm and r > 0 and name.endswith("_compiled") else contextlib.nullcontext()
+            t0 = time.perf_counter()
+            with guards:
+                toks, _, dt = fn(model, prompt, new_tokens)
+            if r == 0 and name.endswith("_compiled"):
+                compile_seconds[name] = round(time.perf_counter() - t0, 1)
+            tokens.setdefault(name, toks)
+            if r > 0:
+                seconds[name].append(dt)
+    rate = {k: (new_tokens - 1) / statistics.median(v) for k, v in seconds.items()}
+    first = {k: next((i for i, (x, y) in enumerate(zip(v, tokens[next(iter(tokens))])) if x != y), None)
+             for k, v in tokens.items()}
+    return {
+        "new_tokens": new_tokens, "prompt_tokens": int(prompt.shape[1]), "repeats": repeats, "tokens_per_s": rate,
+        "per_round": {f"vs_{ref}": round_ratios(seconds, ref) for ref in ("llama_cpp", "dense_float_compiled")
+                      if ref in seconds},
+        "compile_seconds": compile_seconds, "first_token_differing_from_first_row": first, "seconds": seconds,
+    }
+
+
+def _run_quantized(cfg: "DecodeBench", progress: bool) -> dict:
+    """`spon bench decode --weights ...`: our quantized path at 0% and sparse+SPON, eager and compiled, HF's compiled
+    dense model on the same (dequantized) values, and llama.cpp on the same file or type."""
+    from spon.bench.llama_cpp import open_llama_cpp
+    from spon.io.data import load_splits
+    from spon.pipeline import calibrate_model, check_weights_choice, open_model, serve_model
+    from spon.serving.decode import compile_decode_
+
+    check_weights_choice(cfg.model, cfg.weights)
+    sparse_lm, meta = open_model(cfg.model, "float32", cfg.artifact, check_weights=not cfg.ignore_weights,
+                                 trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
+    if meta is None:
+        calibrate_model(sparse_lm, load_splits(cfg.data), cfg.sparsity, calib_tokens=cfg.calib_tokens, progress=progress)
+    dense_lm, _ = open_model(cfg.model, "float32", trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
+    prompt = sparse_lm.tokenizer(cfg.prompt, return_tensors="pt")["input_ids"]
+    served = serve_model(sparse_lm, cfg.model, cfg.weights)
+    zero_lm, _ = open_model(cfg.model, "float32", trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
+    sparsify_(zero_lm.model, SparsityConfig(sparsity=0.0))
+    serve_model(zero_lm, cfg.model, cfg.weights)
+    models = {"quant_0pct": zero_lm.model, "quant_sparse+SPON": sparse_lm.model}
+    if cfg.compile:
+        torch._dynamo.reset()
+        compiled = {"dense_float_compiled": dense_lm.model, "quant_0pct_compiled": copy.deepcopy(zero_lm.model),
+                    "quant_sparse+SPON_compiled": copy.deepcopy(sparse_lm.model)}
+        for m in compiled.values():
+            compile_decode_(m)
+        models.update(compiled)
+    llama = open_llama_cpp(cfg.model, cfg.weights, cfg.llama_gguf)
+    res = bench_decode_quantized(models, prompt, new_tokens=cfg.new_tokens, repeats=cfg.repeats, progress=progress,
+                                 llama=None if isinstance(llama, str) else llama, warm=cfg.warm_guards)
+    res["llama_cpp"] = {"status": llama} if isinstance(llama, str) else {
+        "status": "measured", "gguf": str(llama.gguf), "threads": llama.threads, "tensor_bytes": gguf_tensor_bytes(llama.gguf)}
+    res["served"] = served
+    if not isinstance(llama, str):
+        res["served"]["quantized_over_llama_cpp_tensor_bytes"] = served["quantized_bytes"] / res["llama_cpp"]["tensor_bytes"]
+        llama.close()
+    return {"dtype": "float32", "weights": cfg.weights, **res}
+
+
+def gguf_tensor_bytes(path) -> int:
+    """Bytes of a GGUF file's tensors (the file less its header and metadata)."""
+    import gguf
+
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
+
+
 @dataclass
 class DecodeBench(ModelArgs):
     """`spon bench decode`: batch-1 greedy decoding, dense vs sparse vs sparse+folded SPON, tokens/s."""
@@ -229,6 +310,15 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
     from spon.bench.gemv import parse_dtypes
     from spon.bench.llama_cpp import open_llama_cpp
 
+    if cfg.weights != "float":
+        out = ensure_writable_dir(cfg.out) if cfg.out else None
+        run = _run_quantized(cfg, progress)
+        target = cfg.sparsity.sparsity
+        res = {"benchmark": "decode", "model": {"name": cfg.model}, "artifact": cfg.artifact, "sparsity": target,
+               "runs": {f"float32 {cfg.weights}": run}, "machine": machine()}
+        if out:
+            plot_decode(res, out)
+        return write_json(cfg.out, "decode.json", res)
     dtypes = parse_dtypes(cfg.dtypes, ("float32", "bfloat16", "float16"))
     if cfg.llama_gguf and len(dtypes) > 1:
         raise SponError(f"--llama-gguf holds one precision but --dtypes asks for {len(dtypes)}; give one dtype")

@@ -26,7 +26,8 @@ from spon.io.models import cache_dir, gguf_source
 __all__ = ["LLAMA_CPP_INSTALL", "FTYPES", "source_gguf", "requantised_gguf", "LlamaCpp", "open_llama_cpp"]
 
 LLAMA_CPP_INSTALL = "pip install llama-cpp-python (builds llama.cpp from source, ~8 min on 2 cores)"
-FTYPES = {"float32": ("F32", 0), "float16": ("F16", 1), "bfloat16": ("BF16", 32)}  # llama_ftype values
+FTYPES = {"float32": ("F32", 0), "float16": ("F16", 1), "bfloat16": ("BF16", 32),  # llama_ftype values
+          "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2), "q4_1": ("Q4_1", 3), "q5_0": ("Q5_0", 8)}
 
 
 def source_gguf(model: str) -> Path | None:
@@ -95,7 +96,8 @@ class LlamaCpp:
 
 
 def open_llama_cpp(model: str, dtype: str, gguf: str | None = None, threads: int | None = None) -> LlamaCpp | str:
-    """llama.cpp on the same weights at `dtype`, or a line saying why there is none."""
+    """llama.cpp on the same weights at `dtype` (a float type, a GGUF block type such as "q8_0", or "gguf": the model's
+    own file as it is), or a line saying why there is none."""
     try:
         import llama_cpp
     except ImportError:
@@ -104,7 +106,10 @@ def open_llama_cpp(model: str, dtype: str, gguf: str | None = None, threads: int
         src = source_gguf(model)
         if src is None:
             return "no GGUF of these weights (the model is not a GGUF file): give --llama-gguf FILE"
-        if dtype not in FTYPES:
+        if dtype == "gguf":  # the file as it is: its own quantized types
+            gguf = src
+        elif dtype not in FTYPES:
             return f"llama.cpp has no {dtype} type"
-        gguf = requantised_gguf(src, dtype, llama_cpp)
+        else:
+            gguf = requantised_gguf(src, dtype, llama_cpp)
     return LlamaCpp(llama_cpp, Path(gguf), threads or torch.get_num_threads())
