@@ -239,7 +239,7 @@ def bench_decode_quantized(models: dict[str, nn.Module], prompt: torch.Tensor, *
 def _run_quantized(cfg: "DecodeBench", progress: bool) -> dict:
     """`spon bench decode --weights ...`: our quantized path at 0% and sparse+SPON, eager and compiled, HF's compiled
     dense model on the same (dequantized) values, and llama.cpp on the same file or type."""
-    from spon.bench.llama_cpp import open_llama_cpp
+    from spon.bench.llama_cpp import open_llama_bench, open_llama_cpp
     from spon.io.data import load_splits
     from spon.pipeline import calibrate_model, check_weights_choice, open_model, serve_model
     from spon.serving.decode import compile_decode_
@@ -263,7 +263,8 @@ def _run_quantized(cfg: "DecodeBench", progress: bool) -> dict:
         for m in compiled.values():
             compile_decode_(m)
         models.update(compiled)
-    llama = open_llama_cpp(cfg.model, cfg.weights, cfg.llama_gguf)
+    llama = (open_llama_bench(cfg.llama_bench, cfg.model, cfg.weights, cfg.llama_gguf) if cfg.llama_bench
+             else open_llama_cpp(cfg.model, cfg.weights, cfg.llama_gguf))
     res = bench_decode_quantized(models, prompt, new_tokens=cfg.new_tokens, repeats=cfg.repeats, progress=progress,
                                  llama=None if isinstance(llama, str) else llama, warm=cfg.warm_guards)
     res["llama_cpp"] = {"status": llama} if isinstance(llama, str) else {
@@ -295,6 +296,9 @@ class DecodeBench(ModelArgs):
     compile: bool = opt(False, "also torch.compile'd steps with a static KV cache: HF dense and our path (compile time apart)")
     llama_gguf: str | None = opt(None, "a GGUF for llama.cpp's dense row (needs llama-cpp-python; default: the model's own "
                                        "GGUF requantised to each dtype); one dtype per run", type="str")
+    llama_bench: str | None = opt(None, "with --weights: llama.cpp's llama-bench binary for the llama.cpp row (each round "
+                                        "one llama-bench run on the same file; its llama-quantize makes the other "
+                                        "types), instead of the llama-cpp-python package", type="str")
     repeats: int = opt(3, "rounds after a warm-up round (median)")
     warm_guards: bool = opt(True, "time compiled rows (dense and ours alike) checking only the guards that told their "
                                   "graphs apart in the warm-up round (decode.warm_guards)")

@@ -23,7 +23,8 @@ from spon.io.atomic import atomic_file
 from spon.errors import SponError
 from spon.io.models import cache_dir, gguf_source
 
-__all__ = ["LLAMA_CPP_INSTALL", "FTYPES", "source_gguf", "requantised_gguf", "LlamaCpp", "open_llama_cpp"]
+__all__ = ["LLAMA_CPP_INSTALL", "FTYPES", "source_gguf", "requantised_gguf", "LlamaCpp", "open_llama_cpp", "LlamaBench",
+           "open_llama_bench", "quantized_with_binary"]
 
 LLAMA_CPP_INSTALL = "pip install llama-cpp-python (builds llama.cpp from source, ~8 min on 2 cores)"
 FTYPES = {"float32": ("F32", 0), "float16": ("F16", 1), "bfloat16": ("BF16", 32),  # llama_ftype values
@@ -93,6 +94,60 @@ class LlamaCpp:
             if len(tokens) == new_tokens:
                 break
         return tokens, times[0] - t0, times[-1] - times[0]
+
+
+class LlamaBench:
+    """llama.cpp's own `llama-bench` binary as the baseline row (for builds where the Python binding is missing or
+    broken): each round runs `llama-bench -p 0 -n N -t T -r 1` on the file and takes its decode rate, so the time is
+    llama.cpp's generation of N tokens from an empty context (no prompt; its tokens are not reported)."""
+
+    def __init__(self, binary: str | Path, gguf: Path, threads: int):
+        self.binary, self.gguf, self.threads = Path(binary), gguf, threads
+
+    def close(self) -> None:
+        pass
+
+    def decode(self, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
+        import json
+        import subprocess
+
+        proc = subprocess.run([str(self.binary), "-m", str(self.gguf), "-p", "0", "-n", str(new_tokens), "-t",
+                               str(self.threads), "-r", "1", "-o", "json"], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise SponError(f"llama-bench failed on {self.gguf}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        rate = float(json.loads(proc.stdout)[0]["avg_ts"])
+        return [], 0.0, (new_tokens - 1) / rate
+
+
+def quantized_with_binary(binary: Path, gguf: Path, qtype: str) -> Path:
+    """`gguf` requantised to `qtype` (every tensor, --pure) by the `llama-quantize` beside `binary`, once, into the cache."""
+    import subprocess
+
+    tag = FTYPES[qtype][0]
+    target = cache_dir() / "llama-cpp" / f"{gguf.stem}-{gguf.stat().st_size}-{tag}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(target) as tmp:
+        proc = subprocess.run([str(binary.with_name("llama-quantize")), "--allow-requantize", "--pure", str(gguf), str(tmp),
+                               tag], capture_output=True, text=True, timeout=1200)
+        if proc.returncode != 0:
+            raise SponError(f"llama-quantize could not make {tag} from {gguf}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return target
+
+
+def open_llama_bench(binary: str, model: str, weights: str, gguf: str | None = None,
+                     threads: int | None = None) -> LlamaBench | str:
+    """`LlamaBench` on the model's own file ("gguf"), a requantised copy (a block type), or `gguf`; or why not."""
+    binary = Path(binary)
+    if not binary.is_file():
+        return f"no llama-bench at {binary}"
+    if gguf is None:
+        src = source_gguf(model)
+        if src is None:
+            return "no GGUF of these weights (the model is not a GGUF file): give --llama-gguf FILE"
+        gguf = src if weights == "gguf" else quantized_with_binary(binary, src, weights)
+    return LlamaBench(binary, Path(gguf), threads or torch.get_num_threads())
 
 
 def open_llama_cpp(model: str, dtype: str, gguf: str | None = None, threads: int | None = None) -> LlamaCpp | str:
