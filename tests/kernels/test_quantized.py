@@ -113,12 +113,12 @@ def test_k_types_and_odd_widths_cannot_be_made_from_floats():
         quantize(torch.randn(8, 40), "q8_0")
 
 
-def tiny_llama():
+def tiny_llama(tied: bool = True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = {**COMMON, "hidden_size": 64, "intermediate_size": 128}
-    return LlamaForCausalLM(LlamaConfig(**cfg, tie_word_embeddings=True)).eval()
+    return LlamaForCausalLM(LlamaConfig(**cfg, tie_word_embeddings=tied)).eval()
 
 
 def sparse_spon(model, sparsity=0.5):
@@ -150,6 +150,19 @@ def test_served_model_decodes_as_its_dequantized_sparse_model(qtype):
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, want_logits, atol=1e-5, rtol=1e-5)  # prefill: the same masked matmul
     assert greedy_generate(model, ids, 10, eos_token_id=None) == want  # single tokens: the kernel
+
+
+@needs_cc
+def test_an_embedding_of_its_own_is_served_quantized_too():
+    model = tiny_llama(tied=False)
+    assert quantize_weights_(model, "q8_0")["layers"] == 2 * 7 + 2  # the linears, the head and the embedding
+    model = sparse_spon(model)
+    ids = random_ids(1, 6)
+    want = greedy_generate(model, ids, 8, eos_token_id=None)
+    serve_quantized_(model, "q8_0")
+    assert isinstance(model.get_input_embeddings(), QuantEmbedding) and isinstance(model.get_output_embeddings(), QuantLinear)
+    assert model.get_input_embeddings().qweight is not model.get_output_embeddings().qweight
+    assert greedy_generate(model, ids, 8, eos_token_id=None) == want
 
 
 @needs_cc

@@ -122,9 +122,12 @@ def quantize_weights_(model: nn.Module, qtype: str) -> dict:
     head = output_head(model)
     if head is not None:
         mods[head[0]] = head[1]
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(embed, nn.Embedding) and (head is None or embed.weight is not linear_matrix(head[1])):
+        mods["<embedding>"] = embed  # an embedding of its own is served quantized too: its values must be the type's
     done = 0
     for mod in mods.values():
-        w = linear_matrix(mod)
+        w = mod.weight if isinstance(mod, nn.Embedding) else linear_matrix(mod)
         if w.shape[1] % 32:
             continue  # not whole blocks: stays float (llama.cpp keeps such tensors in a float type too)
         w.copy_(quantize(w, name).dequantize().to(w.dtype))
@@ -141,9 +144,11 @@ def _layer_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def gguf_weights(model: nn.Module, path: str | Path, names: list[str] | None = None) -> dict[str, QuantWeight]:
-    """The GGUF file's own quantized tensors for the model's target layers, matched by their dequantized rows (see the
-    module's docstring). Layers whose tensor is a float type, or has no kernel, or matches nothing, are left out."""
+def gguf_weights(model: nn.Module, path: str | Path, names: list[str] | None = None,
+                 matrices: dict[str, torch.Tensor] | None = None) -> dict[str, QuantWeight]:
+    """The GGUF file's own quantized tensors for the model's target layers (or for `matrices`, name -> [rows, cols]),
+    matched by their dequantized rows (see the module's docstring). Layers whose tensor is a float type, or has no
+    kernel, or matches nothing, are left out."""
     import gguf
     import gguf.quants
 
@@ -152,10 +157,12 @@ def gguf_weights(model: nn.Module, path: str | Path, names: list[str] | None = N
     by_shape: dict[tuple[int, int], list] = {}
     for t in tensors:
         by_shape.setdefault((int(t.shape[1]), int(t.shape[0])), []).append(t)
-    mods = _targets(model)
+    if matrices is None:
+        mods = _targets(model)
+        matrices = {name: linear_matrix(mods[name]) for name in names or list(mods)}
     found: dict[str, QuantWeight] = {}
-    for name in names or list(mods):
-        w = linear_matrix(mods[name]).detach().float().cpu().numpy()
+    for name, matrix in matrices.items():
+        w = matrix.detach().float().cpu().numpy()
         layer = _layer_of(name)
         cands = sorted(by_shape.get(w.shape, []), key=lambda t: _layer_of(t.name) != layer)
         want = _row_hashes(w)
@@ -203,9 +210,20 @@ def serve_quantized_(model: nn.Module, weights: str, gguf: str | Path | None = N
                 qws[name] = qw
     head = output_head(model)
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = head is not None and embed is not None and linear_matrix(head[1]) is getattr(embed, "weight", None)
+    if embed is not None and not tied and isinstance(embed, nn.Embedding) and embed.weight.shape[1] % 32 == 0:
+        # an embedding of its own (Qwen2.5's file: Q5_0 beside a Q8_0 head): quantized too, looked up by rows
+        if weights == "gguf":
+            qe = gguf_weights(model, gguf, matrices={"<embedding>": embed.weight}).get("<embedding>")
+        else:
+            qe = quantize(embed.weight, weights)
+            qe = qe if torch.equal(qe.dequantize(), embed.weight.detach().float().cpu()) else None
+        if qe is not None:
+            emb_name = next(n for n, m in model.named_modules() if m is embed)
+            set_submodule(model, emb_name, QuantEmbedding(qe, getattr(embed, "embed_scale", None)))
     for name, qw in qws.items():
         mod = mods[name]
-        tied = head is not None and name == head[0] and embed is not None and linear_matrix(mod) is embed.weight
+        tied_head = tied and name == head[0]
         if isinstance(mod, SparseLinear):
             new = QuantLinear(qw, float(mod.threshold), bias=mod.bias,
                               sparse_bias=mod.folded_bias if mod.folded else mod.bias, tokens=mod.tokens,
@@ -213,7 +231,7 @@ def serve_quantized_(model: nn.Module, weights: str, gguf: str | Path | None = N
         else:
             new = QuantLinear(qw, -1.0, bias=getattr(mod, "bias", None))
         set_submodule(model, name, new)
-        if tied:
+        if tied_head:
             emb_name = next(n for n, m in model.named_modules() if m is embed)
             set_submodule(model, emb_name, QuantEmbedding(qw, getattr(embed, "embed_scale", None)))
     return {"weights": weights, "layers": len(qws), "of": len(mods), "quantized_bytes": quantized_bytes(model),
