@@ -223,3 +223,21 @@ def test_a_gguf_files_tensors_are_found_by_their_rows_and_keep_their_types(tmp_p
     assert greedy_generate(model, ids, 8, eos_token_id=None) == want
     assert isinstance(model.get_output_embeddings(), QuantLinear)
     assert isinstance(model.get_input_embeddings(), QuantEmbedding)
+
+
+@needs_cc
+def test_bench_gemv_times_quantized_types_against_themselves_and_the_float_kernel(tmp_path):
+    from spon.bench.gemv import bench_gemv
+    from spon.io.plots import plot_gemv
+
+    r = bench_gemv([(64, 256)], [0.0, 0.5], ["float32", "q4_0"], repeats=3, progress=False, pool_bytes=4 * 2**20)
+    q = [x for x in r["rows"] if x["dtype"] == "q4_0"]
+    assert [x["sparsity"] for x in q] == [0.0, 0.5] and len(r["bandwidth_gbs"]["between_cases"]) == 2
+    for x in q:
+        sec = x["seconds"]
+        assert set(sec) == {"kernel", "kernel_0pct", "float32_kernel_0pct"}
+        assert x["speedup_vs_kernel_0pct"] == pytest.approx(sec["kernel_0pct"] / sec["kernel"])
+        assert x["speedup_vs_float32_kernel_0pct"] == pytest.approx(sec["float32_kernel_0pct"] / sec["kernel"])
+        assert x["weight_bytes"] == 256 * 64 // 2 + (256 // 32) * 64 * 2  # 4-bit codes and a float16 scale per block
+        assert x["gbs_kernel"] == pytest.approx(x["weight_bytes"] * (1 - x["measured_sparsity"]) / sec["kernel"] / 1e9)
+    assert plot_gemv({**r, "machine": {}}, tmp_path) == ["gemv.png"]
