@@ -89,16 +89,8 @@ def bench_gemv(shapes: list[tuple[int, int]], sparsities: list[float], dtypes: l
                 "kernel_0pct": lambda i, c: plans0[c](xs[i % 16]),
                 "torch_reference": lambda i, c: reference_gemv(xs[i % 16], wts[c], bias, tau),
             }
-            times: dict[str, list[float]] = {k: [] for k in methods}
-            for i in range(repeats + 2):
-                for m, (name, fn) in enumerate(methods.items()):
-                    t0 = time.perf_counter()
-                    fn(i, (i * len(methods) + m) % copies)
-                    dt = time.perf_counter() - t0
-                    if i >= 2:  # two warm-up rounds
-                        times[name].append(dt)
+            med = _timed(methods, repeats, copies)
             kept = sum(float((x.abs() > torch.tensor(tau).to(dtype)).float().mean()) for x in xs) / len(xs)
-            med = {k: statistics.median(v) for k, v in times.items()}
             full_bytes = n_out * n_in * elsize
             rows.append({
                 "dtype": dname, "out": n_out, "in": n_in, "sparsity": s, "measured_sparsity": 1 - kept,
