@@ -158,74 +158,41 @@ static void rows_u4_avx2(const uint8_t *q, const uint8_t *hb, int64_t out, const
 
 
 #ifdef __AVX512F__
-/* AVX-512: the AVX2 loops at sixteen outputs per vector; the loops are bound by widening and converting codes, not by
- * memory, so twice the width is nearly twice the speed where the cores have it. */
+/* AVX-512: sixteen outputs per vector. S8 and U4 blocks go through the register tiles below (block_s8_tiles,
+ * block_u4_tiles); U5 keeps the accumulator loop, at twice the AVX2 width. */
 static inline __m512 s8x16(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
 
-static void rows_s8_avx512(const int8_t *q, int64_t out, const int64_t *idx, const float *val, int64_t k, int64_t k1,
-                           float *acc) {
-    int64_t n16 = out & ~(int64_t)15;
-    for (; k + 4 <= k1; k += 4) {
-        const int8_t *r0 = q + idx[k] * out, *r1 = q + idx[k + 1] * out, *r2 = q + idx[k + 2] * out,
-                     *r3 = q + idx[k + 3] * out;
-        __m512 a0 = _mm512_set1_ps(val[k]), a1 = _mm512_set1_ps(val[k + 1]), a2 = _mm512_set1_ps(val[k + 2]),
-               a3 = _mm512_set1_ps(val[k + 3]);
-        const int8_t *n0 = q + idx[k + 4 < k1 ? k + 4 : k] * out, *n1 = q + idx[k + 5 < k1 ? k + 5 : k] * out;
-        const int8_t *n2 = q + idx[k + 6 < k1 ? k + 6 : k] * out, *n3 = q + idx[k + 7 < k1 ? k + 7 : k] * out;
-        for (int64_t j = 0; j < n16; j += 16) {
-            if (!(j & 63)) PREFETCH4(n0 + j, n1 + j, n2 + j, n3 + j);
-            __m512 s = _mm512_loadu_ps(acc + j);
-            s = _mm512_fmadd_ps(a0, s8x16(r0 + j), s);
-            s = _mm512_fmadd_ps(a1, s8x16(r1 + j), s);
-            s = _mm512_fmadd_ps(a2, s8x16(r2 + j), s);
-            s = _mm512_fmadd_ps(a3, s8x16(r3 + j), s);
-            _mm512_storeu_ps(acc + j, s);
-        }
-        for (int64_t j = n16; j < out; ++j)
-            acc[j] += val[k] * r0[j] + val[k + 1] * r1[j] + val[k + 2] * r2[j] + val[k + 3] * r3[j];
-    }
-    for (; k < k1; ++k) {
-        const int8_t *r0 = q + idx[k] * out;
-        __m512 a0 = _mm512_set1_ps(val[k]);
-        for (int64_t j = 0; j < n16; j += 16) _mm512_storeu_ps(acc + j, _mm512_fmadd_ps(a0, s8x16(r0 + j), _mm512_loadu_ps(acc + j)));
-        for (int64_t j = n16; j < out; ++j) acc[j] += val[k] * r0[j];
-    }
-}
-
-/* U4 / U5 as rows_u4_avx2, sixteen columns a vector (U4: out a multiple of 32; U5: e = out/8 a multiple of 16). */
-static void rows_u4_avx512(const uint8_t *q, const uint8_t *hb, int64_t out, const int64_t *idx, const float *val,
+/* U5 as rows_u4_avx2 with its plane, sixteen columns a vector (e = out/8 a multiple of 16). */
+static void rows_u5_avx512(const uint8_t *q, const uint8_t *hb, int64_t out, const int64_t *idx, const float *val,
                            int64_t k, int64_t k1, float *acc) {
     int64_t h = out / 2, e = out / 8;
     const __m512i m15 = _mm512_set1_epi32(15), sixteen = _mm512_set1_epi32(16);
-#define U4_CODES16(r, p, j, LO, HI)                                                                      \
+#define U5_CODES16(r, p, j, LO, HI)                                                                      \
     __m512i LO##i = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((r) + (j))));              \
     __m512i HI##i = _mm512_srli_epi32(LO##i, 4);                                                       \
-    LO##i = _mm512_and_si512(LO##i, m15);                                                              \
-    if (p) {                                                                                           \
-        __m512i f = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((p) + (j) - seg * e)));     \
-        LO##i = _mm512_or_si512(LO##i, _mm512_and_si512(_mm512_sll_epi32(f, shl), sixteen));           \
-        HI##i = _mm512_or_si512(HI##i, _mm512_and_si512(_mm512_srl_epi32(f, shh), sixteen));           \
-    }                                                                                                  \
+    __m512i f##LO = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((p) + (j) - seg * e)));     \
+    LO##i = _mm512_or_si512(_mm512_and_si512(LO##i, m15), _mm512_and_si512(_mm512_sll_epi32(f##LO, shl), sixteen)); \
+    HI##i = _mm512_or_si512(HI##i, _mm512_and_si512(_mm512_srl_epi32(f##LO, shh), sixteen));           \
     __m512 LO = _mm512_cvtepi32_ps(LO##i), HI = _mm512_cvtepi32_ps(HI##i);
-    for (int64_t seg = 0; seg < (hb ? 4 : 1); ++seg) {
-        int64_t j0 = hb ? seg * e : 0, jend = hb ? (seg + 1) * e : h;
-        __m128i shl = _mm_cvtsi32_si128(hb ? 4 - (int)seg : 0), shh = _mm_cvtsi32_si128(hb ? (int)seg : 0);
+    for (int64_t seg = 0; seg < 4; ++seg) {
+        int64_t j0 = seg * e, jend = (seg + 1) * e;
+        __m128i shl = _mm_cvtsi32_si128(4 - (int)seg), shh = _mm_cvtsi32_si128((int)seg);
         int64_t kk = k;
         for (; kk + 4 <= k1; kk += 4) {
             const uint8_t *r0 = q + idx[kk] * h, *r1 = q + idx[kk + 1] * h, *r2 = q + idx[kk + 2] * h,
                           *r3 = q + idx[kk + 3] * h;
-            const uint8_t *p0 = hb ? hb + idx[kk] * e : NULL, *p1 = hb ? hb + idx[kk + 1] * e : NULL;
-            const uint8_t *p2 = hb ? hb + idx[kk + 2] * e : NULL, *p3 = hb ? hb + idx[kk + 3] * e : NULL;
+            const uint8_t *p0 = hb + idx[kk] * e, *p1 = hb + idx[kk + 1] * e;
+            const uint8_t *p2 = hb + idx[kk + 2] * e, *p3 = hb + idx[kk + 3] * e;
             __m512 a0 = _mm512_set1_ps(val[kk]), a1 = _mm512_set1_ps(val[kk + 1]), a2 = _mm512_set1_ps(val[kk + 2]),
                    a3 = _mm512_set1_ps(val[kk + 3]);
             const uint8_t *n0 = q + idx[kk + 4 < k1 ? kk + 4 : kk] * h, *n1 = q + idx[kk + 5 < k1 ? kk + 5 : kk] * h;
             const uint8_t *n2 = q + idx[kk + 6 < k1 ? kk + 6 : kk] * h, *n3 = q + idx[kk + 7 < k1 ? kk + 7 : kk] * h;
             for (int64_t j = j0; j < jend; j += 16) {
                 if (!(j & 63)) PREFETCH4(n0 + j, n1 + j, n2 + j, n3 + j);
-                U4_CODES16(r0, p0, j, l0, h0)
-                U4_CODES16(r1, p1, j, l1, h1)
-                U4_CODES16(r2, p2, j, l2, h2)
-                U4_CODES16(r3, p3, j, l3, h3)
+                U5_CODES16(r0, p0, j, l0, h0)
+                U5_CODES16(r1, p1, j, l1, h1)
+                U5_CODES16(r2, p2, j, l2, h2)
+                U5_CODES16(r3, p3, j, l3, h3)
                 __m512 sl = _mm512_loadu_ps(acc + j), sh = _mm512_loadu_ps(acc + h + j);
                 sl = _mm512_fmadd_ps(a0, l0, sl); sh = _mm512_fmadd_ps(a0, h0, sh);
                 sl = _mm512_fmadd_ps(a1, l1, sl); sh = _mm512_fmadd_ps(a1, h1, sh);
@@ -236,16 +203,16 @@ static void rows_u4_avx512(const uint8_t *q, const uint8_t *hb, int64_t out, con
             }
         }
         for (; kk < k1; ++kk) {
-            const uint8_t *r0 = q + idx[kk] * h, *p0 = hb ? hb + idx[kk] * e : NULL;
+            const uint8_t *r0 = q + idx[kk] * h, *p0 = hb + idx[kk] * e;
             __m512 a0 = _mm512_set1_ps(val[kk]);
             for (int64_t j = j0; j < jend; j += 16) {
-                U4_CODES16(r0, p0, j, l0, h0)
+                U5_CODES16(r0, p0, j, l0, h0)
                 _mm512_storeu_ps(acc + j, _mm512_fmadd_ps(a0, l0, _mm512_loadu_ps(acc + j)));
                 _mm512_storeu_ps(acc + h + j, _mm512_fmadd_ps(a0, h0, _mm512_loadu_ps(acc + h + j)));
             }
         }
     }
-#undef U4_CODES16
+#undef U5_CODES16
 }
 #endif
 
@@ -516,10 +483,8 @@ int64_t spon_qgemv(const spon_qplan *p, const float *x, float *y) {
             if (p->kind == KIND_U4 && out % 32 == 0) { block_u4_tiles(p, b, k0, k1, sumx, yt); continue; }
 #endif
             memset(acc, 0, (size_t)out * sizeof(float));
-#ifdef __AVX512F__
-            if (p->kind == KIND_S8) rows_s8_avx512((const int8_t *)p->q, out, p->idx, p->val, k0, k1, acc);
-            else if (p->kind == KIND_U4 && out % 32 == 0) rows_u4_avx512((const uint8_t *)p->q, NULL, out, p->idx, p->val, k0, k1, acc);
-            else if (p->kind == KIND_U5 && out % 128 == 0) rows_u4_avx512((const uint8_t *)p->q, p->hb, out, p->idx, p->val, k0, k1, acc);
+#ifdef __AVX512F__ /* S8 and U4 (out a multiple of 32) took the register tiles above */
+            if (p->kind == KIND_U5 && out % 128 == 0) rows_u5_avx512((const uint8_t *)p->q, p->hb, out, p->idx, p->val, k0, k1, acc);
             else
 #endif
 #ifdef __AVX2__
