@@ -11,7 +11,7 @@ from torch import nn
 
 from spon.io.artifact import check_artifact_path, is_artifact, load_artifact, save_artifact
 from spon.io.atomic import atomic_dir, check_new_output, ensure_writable_dir
-from spon.io.models import write_loader
+from spon.io.modeling_spon import wrap_folder
 from spon.evaluation.intervals import paired_bootstrap
 from spon.sparsity.calibrate import calibrate_
 from spon.config import SparsityConfig, TrainConfig
@@ -187,7 +187,7 @@ def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, 
         fold_(lm.model)
         keep = {k: v for k, v in meta.items() if k in ("calibration", "training", "metrics")}
         save_artifact(lm.model, tmp, {**lm.identity, "name": f"{spec} (exported)"}, exported_from=str(artifact), **keep)
-        write_loader(tmp)
+        wrap_folder(tmp)  # AutoModelForCausalLM loads it sparse (trust_remote_code), and never silently dense
     return out_path
 
 

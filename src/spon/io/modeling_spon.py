@@ -37,6 +37,15 @@ def wrap_config(base: dict) -> dict:
             "base_config": base, "transformers_version": base.get("transformers_version")}
 
 
+def wrap_folder(folder: str | Path) -> None:
+    """Make a saved model folder an exported one: its config.json wrapped (`wrap_config`) and this file beside it."""
+    folder = Path(folder)
+    cfg = folder / "config.json"
+    cfg.write_text(json.dumps(wrap_config(json.loads(cfg.read_text())), indent=2) + "\n")
+    if Path(__file__).resolve() != (folder / "modeling_spon.py").resolve():
+        shutil.copyfile(__file__, folder / "modeling_spon.py")
+
+
 def is_wrapped(config: dict) -> bool:
     return config.get("model_type") == MODEL_TYPE and isinstance(config.get("base_config"), dict)
 
@@ -141,13 +150,9 @@ class SavesSparse:
         if kwargs.get("state_dict") is None:  # the base model's tensors only (spon's modules add their constants)
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if k in self._spon_base_keys}
         super().save_pretrained(save_directory, *args, **kwargs)
-        folder = Path(save_directory)
-        cfg = folder / "config.json"
-        cfg.write_text(json.dumps(wrap_config(json.loads(cfg.read_text())), indent=2) + "\n")
-        if Path(__file__).resolve() != (folder / "modeling_spon.py").resolve():
-            shutil.copyfile(__file__, folder / "modeling_spon.py")
+        wrap_folder(save_directory)
         for name, data in self._spon_files.items():
-            (folder / name).write_bytes(data)
+            (Path(save_directory) / name).write_bytes(data)
 
 
 _CLASSES: dict[type, type] = {}

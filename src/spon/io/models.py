@@ -13,20 +13,18 @@ import difflib
 import importlib.util
 import json
 import os
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from spon.io import modeling_spon
 from spon.io.atomic import atomic_dir, atomic_file
-from spon.io.modeling_spon import base_config, is_wrapped, wrap_config
+from spon.io.modeling_spon import base_config, is_wrapped
 from spon.config import opt
 from spon.errors import SponError
 
-__all__ = ["ModelArgs", "LoadedModel", "load_model", "write_loader", "gguf_source", "WEIGHTS", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
+__all__ = ["ModelArgs", "LoadedModel", "load_model", "gguf_source", "WEIGHTS", "resolve_gguf", "EMBEDDED_MODELS", "DEFAULT_MODEL", "cache_dir"]
 
 DEFAULT_MODEL = "smollm2"
 EMBEDDED_MODELS = {
@@ -301,15 +299,6 @@ def _exported_config(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None  # transformers says what is wrong with it
     return config if isinstance(config, dict) and is_wrapped(config) else None
-
-
-def write_loader(folder: str | Path) -> None:
-    """Make a saved model folder an exported one: its config.json wrapped (the base model's kept inside) and the
-    modelling code that loads it sparse through transformers beside it (`modeling_spon`)."""
-    folder = Path(folder)
-    config = folder / "config.json"
-    config.write_text(json.dumps(wrap_config(json.loads(config.read_text())), indent=2) + "\n")
-    shutil.copyfile(Path(modeling_spon.__file__), folder / "modeling_spon.py")
 
 
 def _auto_device() -> str:
