@@ -298,3 +298,35 @@ def test_report_renders_a_decode_run_with_llama_cpp_measured(tmp_path):
     assert main(["report", str(res), "--out", str(tmp_path / "r")]) == 0
     text = (tmp_path / "r" / "report.md").read_text()
     assert "| float32 | llama_cpp | 12.5 | 1.25x |" in text and "| 1.62x |" in text
+
+
+def test_llama_bench_row_runs_the_binary_and_requantises_once(tmp_path, monkeypatch):
+    """--llama-bench: llama.cpp's own binaries, standing in as scripts: the rate comes from llama-bench's JSON, and
+    llama-quantize makes a requantised copy once."""
+    import torch
+
+    from spon.bench.llama_cpp import LlamaBench, open_llama_bench
+
+    monkeypatch.setenv("SPON_CACHE", str(tmp_path / "cache"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "quantize.log"
+    (bin_dir / "llama-bench").write_text('#!/bin/sh\necho \'[{"n_gen": 64, "avg_ts": 126.0}]\'\n')
+    (bin_dir / "llama-quantize").write_text(f'#!/bin/sh\necho "$@" >> {log}\ncp "$3" "$4"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF weights")
+    assert open_llama_bench(str(tmp_path / "nope"), str(src), "gguf").startswith("no llama-bench at")
+    assert open_llama_bench(str(bin_dir / "llama-bench"), str(tmp_path), "gguf").startswith("no GGUF of these weights")
+    same = open_llama_bench(str(bin_dir / "llama-bench"), str(src), "gguf", threads=2)
+    assert isinstance(same, LlamaBench) and same.gguf == src  # the file as it is
+    tokens, _, seconds = same.decode(torch.tensor([[1, 2]]), 64)
+    assert tokens == [] and seconds == pytest.approx(63 / 126.0)
+    q8 = open_llama_bench(str(bin_dir / "llama-bench"), str(src), "q8_0")
+    assert q8.gguf != src and q8.gguf.read_bytes() == src.read_bytes()
+    assert open_llama_bench(str(bin_dir / "llama-bench"), str(src), "q8_0").gguf == q8.gguf
+    runs = log.read_text().splitlines()
+    assert len(runs) == 1  # requantised once
+    args = runs[0].split()
+    assert args[:3] == ["--allow-requantize", "--pure", str(src)] and args[-1] == "Q8_0"

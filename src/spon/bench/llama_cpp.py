@@ -23,7 +23,7 @@ from spon.io.atomic import atomic_file
 from spon.errors import SponError
 from spon.io.models import cache_dir, gguf_source
 
-__all__ = ["LLAMA_CPP_INSTALL", "FTYPES", "source_gguf", "requantised_gguf", "LlamaCpp", "open_llama_cpp", "LlamaBench",
+__all__ = ["LLAMA_CPP_INSTALL", "FTYPES", "requantised_gguf", "LlamaCpp", "open_llama_cpp", "LlamaBench",
            "open_llama_bench", "quantized_with_binary"]
 
 LLAMA_CPP_INSTALL = "pip install llama-cpp-python (builds llama.cpp from source, ~8 min on 2 cores)"
@@ -31,26 +31,30 @@ FTYPES = {"float32": ("F32", 0), "float16": ("F16", 1), "bfloat16": ("BF16", 32)
           "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2), "q4_1": ("Q4_1", 3), "q5_0": ("Q5_0", 8)}
 
 
-def source_gguf(model: str) -> Path | None:
-    """The GGUF file a model spec was loaded from, or None (a folder or a hub id)."""
-    return gguf_source(model)
+def _requantised(gguf: Path, tag: str, write) -> Path:
+    """`gguf` with every tensor in type `tag`, made once per file and type into the cache: write(tmp) makes it, and it
+    appears whole (atomically) or not at all."""
+    target = cache_dir() / "llama-cpp" / f"{gguf.stem}-{gguf.stat().st_size}-{tag}.gguf"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(target) as tmp:
+            write(tmp)
+    return target
 
 
 def requantised_gguf(gguf: Path, dtype: str, llama_cpp) -> Path:
-    """`gguf` with every tensor in `dtype` (F32/BF16/F16), written once into the cache (atomically)."""
+    """`gguf` with every tensor in `dtype` (F32/BF16/F16, or a block type), by llama.cpp's quantiser through the binding."""
     tag, ftype = FTYPES[dtype]
-    st = gguf.stat()
-    target = cache_dir() / "llama-cpp" / f"{gguf.stem}-{st.st_size}-{tag}.gguf"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.allow_requantize, params.pure = ftype, True, True
-    with atomic_file(target) as tmp, _quiet_fds():
-        rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params)
+
+    def write(tmp: Path) -> None:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.pure = ftype, True, True
+        with _quiet_fds():
+            rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(), params)
         if rc != 0:
             raise SponError(f"llama.cpp could not requantise {gguf} to {tag} (code {rc}); give --llama-gguf FILE")
-    return target
+
+    return _requantised(gguf, tag, write)
 
 
 @contextlib.contextmanager
@@ -124,16 +128,14 @@ def quantized_with_binary(binary: Path, gguf: Path, qtype: str) -> Path:
     import subprocess
 
     tag = FTYPES[qtype][0]
-    target = cache_dir() / "llama-cpp" / f"{gguf.stem}-{gguf.stat().st_size}-{tag}.gguf"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(target) as tmp:
+
+    def write(tmp: Path) -> None:
         proc = subprocess.run([str(binary.with_name("llama-quantize")), "--allow-requantize", "--pure", str(gguf), str(tmp),
                                tag], capture_output=True, text=True, timeout=1200)
         if proc.returncode != 0:
             raise SponError(f"llama-quantize could not make {tag} from {gguf}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    return target
+
+    return _requantised(gguf, tag, write)
 
 
 def open_llama_bench(binary: str, model: str, weights: str, gguf: str | None = None,
@@ -143,7 +145,7 @@ def open_llama_bench(binary: str, model: str, weights: str, gguf: str | None = N
     if not binary.is_file():
         return f"no llama-bench at {binary}"
     if gguf is None:
-        src = source_gguf(model)
+        src = gguf_source(model)
         if src is None:
             return "no GGUF of these weights (the model is not a GGUF file): give --llama-gguf FILE"
         gguf = src if weights == "gguf" else quantized_with_binary(binary, src, weights)
@@ -158,7 +160,7 @@ def open_llama_cpp(model: str, dtype: str, gguf: str | None = None, threads: int
     except ImportError:
         return f"not installed: {LLAMA_CPP_INSTALL}"
     if gguf is None:
-        src = source_gguf(model)
+        src = gguf_source(model)
         if src is None:
             return "no GGUF of these weights (the model is not a GGUF file): give --llama-gguf FILE"
         if dtype == "gguf":  # the file as it is: its own quantized types
