@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from spon.io.atomic import ensure_writable_dir
 from spon.config import SparsityConfig, opt
 from spon.errors import SponError
 from spon.serving.decode import (attention_of, decode_backend, head_on_huge_pages, head_path, layers_on_huge_pages, masked_dense,
-                      prepare_decode_)
+                      prepare_decode_, warm_guards)
 from spon.io.models import ModelArgs
 from spon.serving.machine import machine
 from spon.serving.greedy import greedy_generate
@@ -100,6 +101,30 @@ def _nothing_dropped(model: nn.Module):
                 m.threshold.copy_(t)
 
 
+def _rounds(contexts: dict, prompt: torch.Tensor, new_tokens: int, repeats: int, warm: bool, progress: bool):
+    """Every row once per round, in turn, a warm-up round first. contexts: name -> (model, context factory, decode
+    function(model, prompt, new_tokens) -> (tokens, prefill s, decode s)). Rows named "..._compiled" compile in the
+    warm-up round (timed apart) and run inside `decode.warm_guards` after it when `warm`. Returns (decode seconds of
+    each timed round, the warm-up round's tokens, compile seconds, whether every round gave the warm-up's tokens)."""
+    seconds: dict[str, list[float]] = {k: [] for k in contexts}
+    tokens: dict[str, list[int]] = {}
+    compile_seconds: dict[str, float] = {}
+    steady: dict[str, bool] = {}
+    for r in tqdm(range(repeats + 1), desc="decode rounds", disable=not progress):
+        for name, (model, ctx, fn) in contexts.items():
+            guards = warm_guards() if warm and r > 0 and name.endswith("_compiled") else contextlib.nullcontext()
+            t0 = time.perf_counter()
+            with ctx(), guards:
+                toks, _, dt = fn(model, prompt, new_tokens)
+            if r == 0 and name.endswith("_compiled"):
+                compile_seconds[name] = round(time.perf_counter() - t0, 1)  # tracing and compiling, in the warm-up round
+            tokens.setdefault(name, toks)
+            steady[name] = steady.get(name, True) and toks == tokens[name]
+            if r > 0:
+                seconds[name].append(dt)
+    return seconds, tokens, compile_seconds, steady
+
+
 def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.Tensor, *, new_tokens: int = 64,
                  repeats: int = 3, progress: bool = True, compiled: tuple[nn.Module, nn.Module] | None = None,
                  llama=None, warm: bool = True) -> dict:
@@ -123,7 +148,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         "masked_dense": (sparse_model, lambda: masked_dense(sparse_model), run),
     }
     if compiled is not None:
-        from spon.serving.decode import compile_decode_, warm_guards
+        from spon.serving.decode import compile_decode_
 
         cd, cs = compiled
         prepare_decode_(cs, head=head_path(sparse_model) or "auto")  # the eager copy's timed choice: one head for both
@@ -137,22 +162,7 @@ def bench_decode(dense_model: nn.Module, sparse_model: nn.Module, prompt: torch.
         })
     if llama is not None:
         contexts["llama_cpp"] = (llama, contextlib.nullcontext, lambda m, p, n: m.decode(p, n))
-    seconds: dict[str, list[float]] = {k: [] for k in contexts}
-    tokens: dict[str, list[int]] = {}
-    compile_seconds: dict[str, float] = {}
-    steady: dict[str, bool] = {}
-    for r in tqdm(range(repeats + 1), desc="decode rounds", disable=not progress):
-        for name, (model, ctx, fn) in contexts.items():
-            guards = warm_guards() if warm and r > 0 and name.endswith("_compiled") else contextlib.nullcontext()
-            t0 = time.perf_counter()
-            with ctx(), guards:
-                toks, _, dt = fn(model, prompt, new_tokens)
-            if r == 0 and name.endswith("_compiled"):
-                compile_seconds[name] = round(time.perf_counter() - t0, 1)  # tracing and compiling, in the warm-up round
-            tokens.setdefault(name, toks)
-            steady[name] = steady.get(name, True) and toks == tokens[name]
-            if r > 0:
-                seconds[name].append(dt)
+    seconds, tokens, compile_seconds, steady = _rounds(contexts, prompt, new_tokens, repeats, warm, progress)
     rate = {k: (new_tokens - 1) / statistics.median(v) for k, v in seconds.items()}
     spread = {k: (max(v) - min(v)) / statistics.median(v) for k, v in seconds.items()}
 
@@ -206,25 +216,10 @@ def bench_decode_quantized(models: dict[str, nn.Module], prompt: torch.Tensor, *
     """tokens/s of models served from quantized weights (and llama.cpp on the same file or type), rounds alternated as
     in `bench_decode`. models: row name -> a model ready to decode (rows ending in "_compiled" are compiled; their
     first round compiles and is timed apart)."""
-    from spon.serving.decode import warm_guards
-
-    contexts = {name: (m, greedy_decode) for name, m in models.items()}
+    contexts = {name: (m, contextlib.nullcontext, greedy_decode) for name, m in models.items()}
     if llama is not None:
-        contexts["llama_cpp"] = (llama, lambda m, p, n: m.decode(p, n))
-    seconds: dict[str, list[float]] = {k: [] for k in contexts}
-    tokens: dict[str, list[int]] = {}
-    compile_seconds: dict[str, float] = {}
-    for r in tqdm(range(repeats + 1), desc="decode rounds", disable=not progress):
-        for name, (model, fn) in contexts.items():
-            guards = warm_guards() if warm and r > 0 and name.endswith("_compiled") else contextlib.nullcontext()
-            t0 = time.perf_counter()
-            with guards:
-                toks, _, dt = fn(model, prompt, new_tokens)
-            if r == 0 and name.endswith("_compiled"):
-                compile_seconds[name] = round(time.perf_counter() - t0, 1)
-            tokens.setdefault(name, toks)
-            if r > 0:
-                seconds[name].append(dt)
+        contexts["llama_cpp"] = (llama, contextlib.nullcontext, lambda m, p, n: m.decode(p, n))
+    seconds, tokens, compile_seconds, _ = _rounds(contexts, prompt, new_tokens, repeats, warm, progress)
     rate = {k: (new_tokens - 1) / statistics.median(v) for k, v in seconds.items()}
     first = {k: next((i for i, (x, y) in enumerate(zip(v, tokens[next(iter(tokens))])) if x != y), None)
              for k, v in tokens.items()}
@@ -236,9 +231,10 @@ def bench_decode_quantized(models: dict[str, nn.Module], prompt: torch.Tensor, *
     }
 
 
-def _run_quantized(cfg: "DecodeBench", progress: bool) -> dict:
+def _run_quantized(cfg: "DecodeBench", progress: bool) -> tuple[dict, dict | None]:
     """`spon bench decode --weights ...`: our quantized path at 0% and sparse+SPON, eager and compiled, HF's compiled
-    dense model on the same (dequantized) values, and llama.cpp on the same file or type."""
+    dense model on the same (dequantized) values, and llama.cpp on the same file or type. Returns (the run, the
+    artifact's JSON or None)."""
     from spon.bench.llama_cpp import open_llama_bench, open_llama_cpp
     from spon.io.data import load_splits
     from spon.pipeline import calibrate_model, check_weights_choice, open_model, serve_model
@@ -252,7 +248,7 @@ def _run_quantized(cfg: "DecodeBench", progress: bool) -> dict:
     dense_lm, _ = open_model(cfg.model, "float32", trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
     prompt = sparse_lm.tokenizer(cfg.prompt, return_tensors="pt")["input_ids"]
     served = serve_model(sparse_lm, cfg.model, cfg.weights)
-    zero_lm, _ = open_model(cfg.model, "float32", trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
+    zero_lm = dataclasses.replace(dense_lm, model=copy.deepcopy(dense_lm.model))  # the same values, every input kept
     sparsify_(zero_lm.model, SparsityConfig(sparsity=0.0))
     serve_model(zero_lm, cfg.model, cfg.weights)
     models = {"quant_0pct": zero_lm.model, "quant_sparse+SPON": sparse_lm.model}
@@ -273,7 +269,7 @@ def _run_quantized(cfg: "DecodeBench", progress: bool) -> dict:
     if not isinstance(llama, str):
         res["served"]["quantized_over_llama_cpp_tensor_bytes"] = served["quantized_bytes"] / res["llama_cpp"]["tensor_bytes"]
         llama.close()
-    return {"dtype": "float32", "weights": cfg.weights, **res}
+    return {"dtype": "float32", "weights": cfg.weights, **res}, meta
 
 
 def gguf_tensor_bytes(path) -> int:
@@ -314,21 +310,14 @@ def run_decode_bench(cfg: DecodeBench, progress: bool = True) -> str:
     from spon.bench.gemv import parse_dtypes
     from spon.bench.llama_cpp import open_llama_cpp
 
-    if cfg.weights != "float":
-        out = ensure_writable_dir(cfg.out) if cfg.out else None
-        run = _run_quantized(cfg, progress)
-        target = cfg.sparsity.sparsity
-        res = {"benchmark": "decode", "model": {"name": cfg.model}, "artifact": cfg.artifact, "sparsity": target,
-               "runs": {f"float32 {cfg.weights}": run}, "machine": machine()}
-        if out:
-            plot_decode(res, out)
-        return write_json(cfg.out, "decode.json", res)
-    dtypes = parse_dtypes(cfg.dtypes, ("float32", "bfloat16", "float16"))
+    dtypes = [] if cfg.weights != "float" else parse_dtypes(cfg.dtypes, ("float32", "bfloat16", "float16"))
     if cfg.llama_gguf and len(dtypes) > 1:
         raise SponError(f"--llama-gguf holds one precision but --dtypes asks for {len(dtypes)}; give one dtype")
     out = ensure_writable_dir(cfg.out) if cfg.out else None
-    splits = load_splits(cfg.data) if not cfg.artifact else None
     runs, meta = {}, None
+    if cfg.weights != "float":  # quantized weights: one float32 run of its own rows
+        runs[f"float32 {cfg.weights}"], meta = _run_quantized(cfg, progress)
+    splits = load_splits(cfg.data) if dtypes and not cfg.artifact else None
     for dtype in dtypes:
         dense_lm = load_model(cfg.model, dtype, trust_remote_code=cfg.trust_remote_code)
         sparse_lm, meta = open_model(cfg.model, dtype, cfg.artifact, check_weights=not cfg.ignore_weights,
