@@ -27,7 +27,7 @@ from spon.evaluation.nudge import rounding_floor
 from spon.sparsity.sparsify import dense, sparse_modules, sparsify_
 from spon.training.train import train_spon_
 
-__all__ = ["open_model", "check_weights_choice", "serve_model", "calibrate_model", "train_model", "evaluate_model", "float_perplexity", "export_model", "generate_text"]
+__all__ = ["open_model", "check_weights_choice", "serve_model", "calibrate_model", "train_model", "evaluate_model", "float_perplexity", "export_model", "check_chat_template", "generate_text"]
 
 
 def open_model(
@@ -191,14 +191,19 @@ def export_model(spec: str, artifact: str, out: str, dtype: str = "float32", *, 
     return out_path
 
 
+def check_chat_template(tokenizer) -> None:
+    """One line where --chat cannot apply: the tokenizer has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SponError("--chat: this model's tokenizer has no chat template; drop --chat to continue the prompt as plain text")
+
+
 @torch.no_grad()
 def generate_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 40, *, sampling: Sampling | None = None,
                   chat: bool = False) -> str:
     """The continuation of `prompt` (the new text only), one forward per token (`greedy.greedy_generate`): greedy, or
     drawn as `sampling` says. chat: the prompt as a user message through the tokenizer's chat template."""
     if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise SponError("--chat: this model's tokenizer has no chat template; drop --chat to continue the prompt as text")
+        check_chat_template(tokenizer)
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
     else:

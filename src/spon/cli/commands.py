@@ -19,7 +19,7 @@ from spon.serving.machine import machine
 from spon.serving.sampling import Sampling
 from spon.evaluation.nudge import describe_floor
 from spon.sparsity.sparsify import dense, sparsify_, unsparsify_
-from spon.pipeline import (calibrate_model, check_weights_choice, evaluate_model, export_model, float_perplexity, generate_text,
+from spon.pipeline import (calibrate_model, check_chat_template, check_weights_choice, evaluate_model, export_model, float_perplexity, generate_text,
                            open_model, serve_model, train_model)
 from spon.io.models import ModelArgs
 from spon.experiments.tables import with_ci
@@ -219,14 +219,13 @@ def generate(cfg: GenerateJob, progress: bool = True) -> str:
                           trust_remote_code=cfg.trust_remote_code, weights=cfg.weights)
     if meta is None and not cfg.dense:
         raise SponError("no sparsity to apply: pass --artifact, an exported model folder, or --dense")
+    if cfg.chat:
+        check_chat_template(lm.tokenizer)  # before serving or compiling
     if cfg.weights != "float":  # served from quantized bytes; dense: every linear at 0% sparsity through the same kernel
         if cfg.dense:
             unsparsify_(lm.model)
             sparsify_(lm.model, SparsityConfig(sparsity=0.0))
         serve_model(lm, cfg.model, cfg.weights)
-    if cfg.chat and not getattr(lm.tokenizer, "chat_template", None):
-        raise SponError(f"--chat: the tokenizer of {cfg.model} has no chat template; drop --chat to continue the prompt "
-                        "as plain text")
     if cfg.compile:
         from spon.serving.decode import compile_decode_, prepare_decode_
 

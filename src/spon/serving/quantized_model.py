@@ -185,8 +185,9 @@ def serve_quantized_(model: nn.Module, weights: str, gguf: str | Path | None = N
     """Swap every sparse layer and the head for a `QuantLinear` (and a tied embedding for a `QuantEmbedding`), in place,
     so the model holds only quantized bytes for them. weights: "gguf" (the file's own types; `gguf` is the file) or a
     type to quantize to (the weights must already be its values: `quantize_weights_`). Returns what was done."""
-    for name, act in sparse_activations(model).items():
-        raise SponError(f"{name}: quantized serving takes threshold rules on linear inputs; CATS's activation thresholds "
+    acts = list(sparse_activations(model))
+    if acts:
+        raise SponError(f"{acts[0]}: quantized serving takes threshold rules on linear inputs; CATS's activation thresholds "
                         "are not supported (use --rule magnitude)")
     mods = _targets(model)
     bad = [n for n, m in mods.items() if isinstance(m, SparseLinear) and (not m.rule.plain or m.unfolded_vectors)]
